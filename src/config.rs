@@ -1,0 +1,133 @@
+//! berthd's configuration: a TOML file whose every key has an embedded default.
+//! `docs/configuration.md` documents each key; keep the two together.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent data: content store, snapshots, metadata database.
+    pub root: PathBuf,
+    /// Volatile state: the socket's default home, per-pod and per-container state.
+    pub state: PathBuf,
+    /// The unix socket serving CRI v1 and the builder service.
+    pub socket: PathBuf,
+    /// The image that holds a pod's namespaces; pinned, so never garbage-collected.
+    pub sandbox_image: String,
+    /// How many layer downloads may run at once across all pulls.
+    pub max_concurrent_downloads: usize,
+    pub registry: RegistryConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registry host (as it appears in references, e.g. `docker.io`) to a list of
+    /// endpoint URLs tried in order before the registry itself.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Hosts (`host` or `host:port`) reached over plain http, or over https without
+    /// certificate verification.
+    pub insecure: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/berth"),
+            state: PathBuf::from("/run/berth"),
+            socket: PathBuf::from("/run/berth/berth.sock"),
+            sandbox_image: "registry.k8s.io/pause:3.10".to_string(),
+            max_concurrent_downloads: 3,
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing config {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("config {path}: {field}: {reason}")]
+    Invalid { path: PathBuf, field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Loads `path`, or the default path when it exists, or the embedded defaults.
+    /// An explicitly named file that is missing is an error; the default one is optional.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?;
+        config.validate().map_err(|(field, reason)| ConfigError::Invalid { path, field, reason })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_concurrent_downloads == 0 {
+            return Err(("max_concurrent_downloads", "must be at least 1".into()));
+        }
+        for (field, p) in [("root", &self.root), ("state", &self.state), ("socket", &self.socket)] {
+            if !p.is_absolute() {
+                return Err((field, format!("{} is not an absolute path", p.display())));
+            }
+        }
+        for (host, endpoints) in &self.registry.mirrors {
+            for endpoint in endpoints {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    return Err(("registry.mirrors", format!("{host}: endpoint {endpoint:?} must start with http:// or https://")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(toml::from_str::<Config>("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn parses_the_test_mirror_example() {
+        let c: Config = toml::from_str(
+            r#"
+            [registry.mirrors]
+            "registry.k8s.io" = ["http://127.0.0.1:5000"]
+            "docker.io" = ["http://127.0.0.1:5000"]
+            [registry]
+            insecure = ["127.0.0.1:5000"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.registry.mirrors["docker.io"], vec!["http://127.0.0.1:5000"]);
+        assert_eq!(c.registry.insecure, vec!["127.0.0.1:5000"]);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_field() {
+        assert!(toml::from_str::<Config>("rooot = \"/x\"").unwrap_err().to_string().contains("rooot"));
+        let c: Config = toml::from_str("max_concurrent_downloads = 0").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "max_concurrent_downloads");
+        let c: Config = toml::from_str("[registry.mirrors]\n\"docker.io\" = [\"127.0.0.1:5000\"]").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "registry.mirrors");
+    }
+}

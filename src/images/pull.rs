@@ -1,0 +1,314 @@
+//! The pull pipeline. Per layer, one pass over the bytes: the registry's stream is
+//! written to the content store's ingest file and hashed, decompressed, hashed
+//! again (the diff id) and unpacked into a fresh snapshot directory, all at once.
+//! Layers run in parallel, each on its own blocking thread, bounded by
+//! `max_concurrent_downloads`. Nothing becomes visible until both digests match.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+
+use super::compression::Compression;
+use super::content::BlobWriter;
+use super::digest::Digest;
+use super::error::ImageError;
+use super::manifest::{self, Descriptor, ImageConfig};
+use super::reference::Reference;
+use super::registry::{BlobSource, Credentials, RegistryError};
+use super::service::{ImageService, Inner, name_key, now_nanos};
+use super::snapshots::PreparedSnapshot;
+use super::unpack::{UnpackStats, unpack_layer};
+use crate::store::{ImageRecord, LayerRecord, SnapshotRecord};
+
+/// Chunks in flight between the network and an unpacking thread. Bounded so a slow
+/// disk pushes back on the download instead of buffering the layer in memory.
+const CHUNKS_IN_FLIGHT: usize = 32;
+const LAYER_ATTEMPTS: u32 = 3;
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+impl Inner {
+    pub(super) async fn pull_uncached(
+        self: Arc<Self>,
+        reference: Reference,
+        credentials: Option<Credentials>,
+    ) -> Result<String, ImageError> {
+        let started = Instant::now();
+        tracing::info!(image = %reference, "pulling image");
+        let resolved = self.registry.resolve(&reference, credentials.as_ref(), &manifest::host_platform()).await?;
+        let source = &resolved.source;
+        let parsed = &resolved.parsed;
+
+        let mut claims = vec![resolved.manifest.digest.to_string(), parsed.config.digest.to_string()];
+        claims.extend(resolved.index.as_ref().map(|i| i.digest.to_string()));
+        claims.extend(parsed.layers.iter().map(|l| l.digest.to_string()));
+        let _lease = ImageService::lease(&self, claims);
+
+        let config_bytes = match self.content.contains(&parsed.config.digest) {
+            true => Bytes::from(self.content.read(&parsed.config.digest)?),
+            false => source.fetch_blob(&parsed.config).await?,
+        };
+        let invalid = |reason: String| ImageError::InvalidImage { reference: reference.to_string(), reason };
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| invalid(format!("image config: {e}")))?;
+        let diff_ids = &config.rootfs.diff_ids;
+        if diff_ids.len() != parsed.layers.len() {
+            return Err(invalid(format!(
+                "manifest has {} layers but the config lists {} diff ids",
+                parsed.layers.len(),
+                diff_ids.len()
+            )));
+        }
+        {
+            let _claims = ImageService::lease(&self, diff_ids.iter().map(Digest::to_string).collect());
+            self.content.put(&parsed.config.digest, &config_bytes)?;
+            futures::future::try_join_all(
+                parsed.layers.iter().zip(diff_ids).map(|(layer, diff_id)| self.ensure_layer(source, layer, diff_id)),
+            )
+            .await?;
+            self.content.put(&resolved.manifest.digest, &resolved.manifest.bytes)?;
+            if let Some(index) = &resolved.index {
+                self.content.put(&index.digest, &index.bytes)?;
+            }
+
+            // Snapshot trees were written without per-file fsync; one syncfs makes
+            // every layer durable before the record that promises them is written.
+            let root = self.root.clone();
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                let dir = std::fs::File::open(&root)?;
+                rustix::fs::syncfs(&dir)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| ImageError::Internal(format!("sync task: {e}")))?
+            .map_err(|source| ImageError::Io { context: "syncing the image filesystem".into(), source })?;
+
+            let record = ImageRecord {
+                id: parsed.config.digest.to_string(),
+                manifest: resolved.manifest.digest.to_string(),
+                index: resolved.index.as_ref().map(|i| i.digest.to_string()),
+                config: parsed.config.digest.to_string(),
+                layers: parsed
+                    .layers
+                    .iter()
+                    .zip(diff_ids)
+                    .map(|(l, d)| LayerRecord {
+                        digest: l.digest.to_string(),
+                        media_type: l.media_type.clone(),
+                        size: l.size,
+                        diff_id: d.to_string(),
+                    })
+                    .collect(),
+                size: parsed.config.size + parsed.layers.iter().map(|l| l.size).sum::<u64>(),
+                user: config.config.as_ref().and_then(|c| c.user.clone()).filter(|u| !u.is_empty()),
+                created_unix_nanos: now_nanos(),
+            };
+            let mut names = vec![reference.with_digest(resolved.repo_digest.clone()).to_string()];
+            if reference.tag().is_some() && reference.digest().is_none() {
+                names.push(name_key(&reference));
+            } else if let Some(tag) = reference.tag() {
+                names.push(format!("{}:{tag}", reference.name()));
+            }
+            self.store.put_image(&record, &names)?;
+        }
+        tracing::info!(
+            image = %reference,
+            id = %parsed.config.digest,
+            layers = parsed.layers.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pulled image"
+        );
+        Ok(parsed.config.digest.to_string())
+    }
+
+    /// Makes sure the layer's blob and snapshot exist, fetching them at most once
+    /// even when several images that share the layer are pulled together.
+    async fn ensure_layer(self: &Arc<Self>, source: &BlobSource, layer: &Descriptor, diff_id: &Digest) -> Result<(), ImageError> {
+        let lock = self.layer_locks.lock().expect("layer lock table poisoned").entry(layer.digest.clone()).or_default().clone();
+        let result = async {
+            let _serialised = lock.lock().await;
+            if self.store.snapshot(&diff_id.to_string())?.is_some() && self.content.contains(&layer.digest) {
+                tracing::debug!(layer = %layer.digest, "layer already present");
+                return Ok(());
+            }
+            let _download = self.downloads.acquire().await.map_err(|e| ImageError::Internal(e.to_string()))?;
+            let mut attempt = 1;
+            loop {
+                match self.fetch_layer(source, layer, diff_id).await {
+                    Err(ImageError::Registry(e)) if attempt < LAYER_ATTEMPTS && is_transient(&e) => {
+                        let backoff = Duration::from_millis(500 << attempt);
+                        tracing::warn!(layer = %layer.digest, attempt, error = %e, "layer download failed, retrying");
+                        tokio::time::sleep(backoff).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        }
+        .await;
+        let mut locks = self.layer_locks.lock().expect("layer lock table poisoned");
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(&layer.digest);
+        }
+        result
+    }
+
+    async fn fetch_layer(self: &Arc<Self>, source: &BlobSource, layer: &Descriptor, diff_id: &Digest) -> Result<(), ImageError> {
+        let started = Instant::now();
+        let declared = Compression::from_media_type(&layer.media_type);
+        let mut stream = source.open_blob(layer).await?;
+        let blob = self.content.writer(layer.digest.clone(), Some(layer.size))?;
+        let snapshot = self.snapshots.prepare()?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+        let layer_digest = layer.digest.clone();
+        let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, blob, snapshot, declared, &layer_digest));
+
+        let mut received = 0u64;
+        let mut last_report = Instant::now();
+        let download: Result<(), ImageError> = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                received += chunk.len() as u64;
+                if last_report.elapsed() >= PROGRESS_EVERY {
+                    last_report = Instant::now();
+                    tracing::info!(layer = %layer.digest.short(), received, total = layer.size, "downloading layer");
+                }
+                if tx.send(chunk).await.is_err() {
+                    // The unpacker stopped early; its result says why.
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let unpacked = unpacker.await.map_err(|e| ImageError::Internal(format!("unpack task: {e}")))?;
+        // A broken download truncates the tar, so the network's error is the cause
+        // to report; otherwise the unpacker's verdict stands.
+        download?;
+        let (blob, snapshot, stats, actual_diff_id) = unpacked?;
+        if actual_diff_id != *diff_id {
+            return Err(ImageError::DiffIdMismatch { layer: layer.digest.clone(), expected: diff_id.clone(), actual: actual_diff_id });
+        }
+
+        let inner = self.clone();
+        let diff_key = diff_id.to_string();
+        tokio::task::spawn_blocking(move || inner.commit_layer(blob, snapshot, stats, &diff_key))
+            .await
+            .map_err(|e| ImageError::Internal(format!("commit task: {e}")))??;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            layer = %layer.digest.short(),
+            bytes = layer.size,
+            secs = format!("{secs:.2}"),
+            mb_per_s = format!("{:.1}", layer.size as f64 / 1e6 / secs.max(1e-6)),
+            "layer ready"
+        );
+        Ok(())
+    }
+
+    /// Publishes a verified layer: the blob by rename, then the tree by rename to a
+    /// fresh id, then the record. A crash between steps leaves only things that
+    /// startup recovery removes.
+    fn commit_layer(&self, blob: BlobWriter, snapshot: PreparedSnapshot, stats: UnpackStats, diff_id: &str) -> Result<(), ImageError> {
+        blob.commit()?;
+        let previous = self.store.snapshot(diff_id)?;
+        let id = self.store.allocate_snapshot_id()?;
+        self.snapshots.commit(snapshot, id)?;
+        self.store.put_snapshot(diff_id, &SnapshotRecord { id, size: stats.bytes, inodes: stats.inodes })?;
+        if let Some(stale) = previous.and_then(|p| self.snapshots.detach(p.id).transpose()) {
+            let path = stale?;
+            std::fs::remove_dir_all(&path)
+                .map_err(|source| ImageError::Io { context: format!("removing {}", path.display()), source })?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs on a blocking thread: tees the compressed chunks into the blob file,
+/// decompresses, hashes the tar and unpacks it. Returns everything the commit needs.
+fn unpack_stream(
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    blob: BlobWriter,
+    snapshot: PreparedSnapshot,
+    declared: Option<Compression>,
+    layer: &Digest,
+) -> Result<(BlobWriter, PreparedSnapshot, UnpackStats, Digest), ImageError> {
+    let io_err = |source| ImageError::Io { context: format!("layer {layer}"), source };
+    let mut tee = TeeReader { chunks, current: Bytes::new(), blob };
+    let compression = match declared {
+        Some(c) => c,
+        None => Compression::detect(tee.peek().map_err(io_err)?),
+    };
+    let (stats, diff_id) = {
+        let decoder = compression.decoder(&mut tee).map_err(io_err)?;
+        let mut tar = HashingReader { inner: decoder, hasher: Sha256::new() };
+        let stats = unpack_layer(&mut tar, snapshot.fs_path())
+            .map_err(|source| ImageError::Unpack { layer: layer.clone(), source })?;
+        // The tar ends before its padding and the compressor's trailer; read them so
+        // both digests cover every byte.
+        io::copy(&mut tar, &mut io::sink()).map_err(io_err)?;
+        (stats, Digest::from_hasher(tar.hasher))
+    };
+    io::copy(&mut tee, &mut io::sink()).map_err(io_err)?;
+    Ok((tee.blob, snapshot, stats, diff_id))
+}
+
+/// Reads the chunks the download task sends, writing each into the blob file as
+/// it passes.
+struct TeeReader {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+    blob: BlobWriter,
+}
+
+impl TeeReader {
+    /// Fills the current chunk (if the stream has one) and returns it unread.
+    fn peek(&mut self) -> io::Result<&[u8]> {
+        if self.current.is_empty() {
+            if let Some(chunk) = self.chunks.blocking_recv() {
+                self.blob.write_all(&chunk)?;
+                self.current = chunk;
+            }
+        }
+        Ok(&self.current)
+    }
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => {
+                    self.blob.write_all(&chunk)?;
+                    self.current = chunk;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn is_transient(error: &RegistryError) -> bool {
+    !error.is_not_found() && !matches!(error, RegistryError::DigestMismatch { .. } | RegistryError::Unauthorized { .. })
+}

@@ -1,0 +1,339 @@
+//! `ImageService`: what the CRI image service (and later the builder) asks of the
+//! image room. It owns the content store, the snapshots and the image records, and
+//! keeps them consistent: at startup it removes whatever a crash left half-done,
+//! and after every removal it collects the blobs and snapshots nothing references.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::Semaphore;
+
+use super::content::ContentStore;
+use super::digest::Digest;
+use super::error::ImageError;
+use super::reference::Reference;
+use super::registry::{Credentials, RegistryClient};
+use super::snapshots::Snapshots;
+use crate::config::Config;
+use crate::store::{ImageRecord, Store};
+
+/// An image as callers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSummary {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub size: u64,
+    /// The image config's USER, as written there.
+    pub user: Option<String>,
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FsUsage {
+    pub mountpoint: PathBuf,
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+    pub timestamp_nanos: i64,
+}
+
+type PullResult = Result<String, Arc<ImageError>>;
+
+#[derive(Clone)]
+pub struct ImageService {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) root: PathBuf,
+    pub(super) store: Arc<Store>,
+    pub(super) content: ContentStore,
+    pub(super) snapshots: Snapshots,
+    pub(super) registry: RegistryClient,
+    /// The normalised sandbox image, pinned against removal by GC and reported so.
+    sandbox_image: Option<String>,
+    pub(super) downloads: Semaphore,
+    /// One pull per normalised reference at a time; later callers wait on it.
+    inflight: Mutex<HashMap<String, Shared<BoxFuture<'static, PullResult>>>>,
+    /// One fetch per layer at a time, across images that share it.
+    pub(super) layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blob digests and diff ids that running pulls have claimed but no image
+    /// record references yet. GC must not take them; see `lease`.
+    leases: Mutex<HashMap<String, usize>>,
+}
+
+/// Held by a pull for its duration; releases its claims on drop.
+pub(super) struct Lease {
+    inner: Arc<Inner>,
+    keys: Vec<String>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut leases = self.inner.leases.lock().expect("lease table poisoned");
+        for key in &self.keys {
+            if let Some(count) = leases.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    leases.remove(key);
+                }
+            }
+        }
+    }
+}
+
+impl ImageService {
+    /// Opens the image room under `config.root`, repairing what a crash left.
+    pub fn open(config: &Config, store: Arc<Store>) -> Result<ImageService, ImageError> {
+        let root = config.root.clone();
+        let content = ContentStore::open(&root.join("content"))?;
+        let snapshots = Snapshots::open(&root.join("snapshots"))?;
+        let registry = RegistryClient::new(&config.registry)?;
+        let sandbox_image = match Reference::parse(&config.sandbox_image) {
+            Ok(r) => Some(r.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "sandbox_image is not a valid reference; nothing is pinned");
+                None
+            }
+        };
+        let service = ImageService {
+            inner: Arc::new(Inner {
+                root,
+                store,
+                content,
+                snapshots,
+                registry,
+                sandbox_image,
+                downloads: Semaphore::new(config.max_concurrent_downloads),
+                inflight: Mutex::default(),
+                layer_locks: Mutex::default(),
+                leases: Mutex::default(),
+            }),
+        };
+        service.recover()?;
+        Ok(service)
+    }
+
+    /// Makes the records and the trees agree after an unclean stop: snapshot
+    /// directories without a record go, records whose directory vanished go along
+    /// with the images built on them, and then everything unreferenced is collected
+    /// (which removes the layers of a pull that never finished).
+    fn recover(&self) -> Result<(), ImageError> {
+        let inner = &self.inner;
+        let recorded = inner.store.snapshots()?;
+        let ids: HashSet<u64> = recorded.iter().map(|(_, r)| r.id).collect();
+        let missing = inner.snapshots.reconcile(&ids)?;
+        if !missing.is_empty() {
+            let lost: HashSet<&str> =
+                recorded.iter().filter(|(_, r)| missing.contains(&r.id)).map(|(d, _)| d.as_str()).collect();
+            for (image, _) in inner.store.images_with_names()? {
+                if image.layers.iter().any(|l| lost.contains(l.diff_id.as_str())) {
+                    tracing::warn!(image = %image.id, "removing image whose layer snapshot is missing");
+                    inner.store.remove_image(&image.id)?;
+                }
+            }
+            inner.store.remove_snapshots(&lost.into_iter().map(str::to_string).collect::<Vec<_>>())?;
+        }
+        self.collect_garbage()
+    }
+
+    /// Pulls `image`, sharing the work with any pull of the same reference already
+    /// running. The pull runs as its own task, so a caller that gives up (a client
+    /// deadline) does not waste the download for the next one. Returns the image id.
+    pub async fn pull(&self, image: &str, credentials: Option<Credentials>) -> Result<String, ImageError> {
+        let reference = Reference::parse(image)?;
+        let key = reference.to_string();
+        let shared = {
+            let mut inflight = self.inner.inflight.lock().expect("inflight table poisoned");
+            if let Some(running) = inflight.get(&key) {
+                tracing::debug!(image = %key, "joining a pull already running");
+                running.clone()
+            } else {
+                let inner = self.inner.clone();
+                let task_key = key.clone();
+                let task = tokio::spawn(async move {
+                    let result = inner.clone().pull_uncached(reference, credentials).await.map_err(Arc::new);
+                    inner.inflight.lock().expect("inflight table poisoned").remove(&task_key);
+                    result
+                });
+                let shared = async move {
+                    task.await.unwrap_or_else(|e| Err(Arc::new(ImageError::Internal(format!("pull task: {e}")))))
+                }
+                .boxed()
+                .shared();
+                inflight.insert(key, shared.clone());
+                shared
+            }
+        };
+        shared.await.map_err(ImageError::Shared)
+    }
+
+    pub fn list(&self, filter: Option<&str>) -> Result<Vec<ImageSummary>, ImageError> {
+        if let Some(spec) = filter.filter(|s| !s.is_empty()) {
+            return Ok(self.status(spec)?.into_iter().collect());
+        }
+        Ok(self.inner.store.images_with_names()?.into_iter().map(|(r, names)| self.summary(&r, names)).collect())
+    }
+
+    /// The image `spec` names (a reference, an image id, or a unique id prefix), if any.
+    pub fn status(&self, spec: &str) -> Result<Option<ImageSummary>, ImageError> {
+        let Some(record) = self.find(spec)? else { return Ok(None) };
+        let names = self.inner.store.names_of(&record.id)?;
+        Ok(Some(self.summary(&record, names)))
+    }
+
+    /// The image config as stored, for verbose status.
+    pub fn config_json(&self, image_id: &str) -> Result<serde_json::Value, ImageError> {
+        let record = self.find(image_id)?.ok_or_else(|| ImageError::Internal(format!("image {image_id} vanished")))?;
+        let digest: Digest = record.config.parse().map_err(|e| ImageError::Internal(format!("{e}")))?;
+        let bytes = self.inner.content.read(&digest)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::InvalidImage { reference: record.id.clone(), reason: format!("config: {e}") })
+    }
+
+    /// Removes what `spec` names. A tag goes alone while the image keeps other
+    /// tags; an id or digest reference, or the last tag, removes the image with
+    /// all its names. Removing what does not exist succeeds, as CRI requires.
+    pub async fn remove(&self, spec: &str) -> Result<(), ImageError> {
+        let Some((record, by_name)) = self.lookup(spec)? else { return Ok(()) };
+        let store = &self.inner.store;
+        if let Some(reference) = by_name.filter(|r| r.digest().is_none()) {
+            let tag_name = reference.to_string();
+            let names = store.names_of(&record.id)?;
+            let other_tags = names.iter().filter(|n| **n != tag_name && !n.contains('@')).count();
+            if other_tags > 0 {
+                store.remove_name(&tag_name)?;
+                tracing::info!(name = %tag_name, image = %record.id, "untagged");
+                return Ok(());
+            }
+        }
+        store.remove_image(&record.id)?;
+        tracing::info!(image = %record.id, "removed image");
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || service.collect_garbage())
+            .await
+            .map_err(|e| ImageError::Internal(format!("garbage collection task: {e}")))?
+    }
+
+    /// Bytes and inodes the image filesystem uses, from the records kept at unpack
+    /// time rather than a walk of the trees.
+    pub fn fs_usage(&self) -> Result<FsUsage, ImageError> {
+        let (mut used_bytes, mut inodes_used) = (0, 0);
+        for (_, snapshot) in self.inner.store.snapshots()? {
+            used_bytes += snapshot.size;
+            inodes_used += snapshot.inodes;
+        }
+        for (_, size) in self.inner.content.list()? {
+            used_bytes += size;
+            inodes_used += 1;
+        }
+        Ok(FsUsage { mountpoint: self.inner.root.clone(), used_bytes, inodes_used, timestamp_nanos: now_nanos() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn summary(&self, record: &ImageRecord, names: Vec<String>) -> ImageSummary {
+        let pinned = self.inner.sandbox_image.as_ref().is_some_and(|s| names.contains(s));
+        let (repo_digests, repo_tags) = names.into_iter().partition(|n| n.contains('@'));
+        ImageSummary {
+            id: record.id.clone(),
+            repo_tags,
+            repo_digests,
+            size: record.size,
+            user: record.user.clone(),
+            pinned,
+        }
+    }
+
+    fn find(&self, spec: &str) -> Result<Option<ImageRecord>, ImageError> {
+        Ok(self.lookup(spec)?.map(|(record, _)| record))
+    }
+
+    /// Resolves `spec` and says how: by image id (or id prefix), or by which name.
+    fn lookup(&self, spec: &str) -> Result<Option<(ImageRecord, Option<Reference>)>, ImageError> {
+        let store = &self.inner.store;
+        let bare = spec.strip_prefix("sha256:").unwrap_or(spec);
+        if bare.len() == 64 && Digest::from_hex(bare).is_ok() {
+            return Ok(store.image(&format!("sha256:{bare}"))?.map(|r| (r, None)));
+        }
+        let reference = Reference::parse(spec)?;
+        if let Some(id) = store.image_id_by_name(&name_key(&reference))? {
+            return Ok(store.image(&id)?.map(|r| (r, Some(reference))));
+        }
+        // Like Docker and CRI-O, a unique prefix of an image id names that image.
+        if bare.len() >= 3 && bare.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut matches = store.images_with_names()?.into_iter().filter(|(r, _)| r.id[7..].starts_with(bare));
+            if let (Some((record, _)), None) = (matches.next(), matches.next()) {
+                return Ok(Some((record, None)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Claims blobs and diff ids for a running pull so that GC leaves them alone
+    /// until the image record that references them is committed.
+    pub(super) fn lease(inner: &Arc<Inner>, keys: Vec<String>) -> Lease {
+        let mut leases = inner.leases.lock().expect("lease table poisoned");
+        for key in &keys {
+            *leases.entry(key.clone()).or_default() += 1;
+        }
+        Lease { inner: inner.clone(), keys }
+    }
+
+    /// Deletes every snapshot and blob that no image record and no running pull
+    /// references. The lease table stays locked while deciding and unlinking, so
+    /// a pull can't claim a layer in between; deleting the trees happens after.
+    pub fn collect_garbage(&self) -> Result<(), ImageError> {
+        let inner = &self.inner;
+        let mut detached = Vec::new();
+        {
+            let leases = inner.leases.lock().expect("lease table poisoned");
+            let mut blobs: HashSet<String> = leases.keys().cloned().collect();
+            let mut diffs = blobs.clone();
+            for (image, _) in inner.store.images_with_names()? {
+                blobs.insert(image.manifest.clone());
+                blobs.extend(image.index.clone());
+                blobs.insert(image.config.clone());
+                for layer in &image.layers {
+                    blobs.insert(layer.digest.clone());
+                    diffs.insert(layer.diff_id.clone());
+                }
+            }
+            let doomed: Vec<_> = inner.store.snapshots()?.into_iter().filter(|(d, _)| !diffs.contains(d)).collect();
+            inner.store.remove_snapshots(&doomed.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>())?;
+            for (diff_id, snapshot) in &doomed {
+                tracing::debug!(%diff_id, snapshot = snapshot.id, "collecting snapshot");
+                detached.extend(inner.snapshots.detach(snapshot.id)?);
+            }
+            for (digest, _) in inner.content.list()? {
+                if !blobs.contains(&digest.to_string()) {
+                    tracing::debug!(%digest, "collecting blob");
+                    inner.content.delete(&digest)?;
+                }
+            }
+        }
+        for path in detached {
+            std::fs::remove_dir_all(&path)
+                .map_err(|source| ImageError::Io { context: format!("removing {}", path.display()), source })?;
+        }
+        Ok(())
+    }
+}
+
+/// The key of the names table for a reference: `name@digest` when it carries a
+/// digest (the digest decides, the tag is decoration), `name:tag` otherwise.
+pub(super) fn name_key(reference: &Reference) -> String {
+    match reference.digest() {
+        Some(digest) => reference.with_digest(digest.clone()).to_string(),
+        None => reference.to_string(),
+    }
+}
+
+pub(super) fn now_nanos() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}

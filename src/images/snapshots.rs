@@ -1,0 +1,122 @@
+//! Snapshot directories: one unpacked layer per `snapshots/<id>/fs`, ready to be an
+//! overlayfs lowerdir. A layer unpacks into `snapshots/.ingest/<random>/` and is
+//! renamed to its numeric id only once it is complete and verified; the metadata
+//! database records it after the rename, so a record always names a full tree.
+//! Directories that no record names (a crash between rename and record, or a
+//! removal that was interrupted) are removed by `remove_unrecorded`.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot directory {path}: {source}")]
+pub struct SnapshotError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError { path: path.to_path_buf(), source }
+}
+
+#[derive(Debug)]
+pub struct Snapshots {
+    dir: PathBuf,
+    ingest: PathBuf,
+    trash: PathBuf,
+}
+
+impl Snapshots {
+    pub fn open(dir: &Path) -> Result<Snapshots, SnapshotError> {
+        let snapshots = Snapshots { dir: dir.to_path_buf(), ingest: dir.join(".ingest"), trash: dir.join(".trash") };
+        for d in [&snapshots.ingest, &snapshots.trash] {
+            if d.exists() {
+                fs::remove_dir_all(d).map_err(io_err(d))?;
+            }
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        Ok(snapshots)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tree of a committed snapshot.
+    pub fn fs_path(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string()).join("fs")
+    }
+
+    /// A fresh, empty directory to unpack a layer into.
+    pub fn prepare(&self) -> Result<PreparedSnapshot, SnapshotError> {
+        let root = self.ingest.join(format!("{:016x}", rand::random::<u64>()));
+        let fs_dir = root.join("fs");
+        fs::create_dir_all(&fs_dir).map_err(io_err(&fs_dir))?;
+        Ok(PreparedSnapshot { root: Some(root), fs_dir })
+    }
+
+    /// Moves a completed tree to its permanent name.
+    pub fn commit(&self, prepared: PreparedSnapshot, id: u64) -> Result<(), SnapshotError> {
+        let mut prepared = prepared;
+        let from = prepared.root.take().expect("a prepared snapshot commits once");
+        let to = self.dir.join(id.to_string());
+        fs::rename(&from, &to).map_err(io_err(&to))?;
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))
+    }
+
+    /// Takes a snapshot out of sight at once (a rename) and returns the path whose
+    /// deletion may then take as long as the tree needs, outside any lock.
+    pub fn detach(&self, id: u64) -> Result<Option<PathBuf>, SnapshotError> {
+        let from = self.dir.join(id.to_string());
+        let to = self.trash.join(format!("{id}-{:08x}", rand::random::<u32>()));
+        match fs::rename(&from, &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&from)(e)),
+        }
+    }
+
+    /// Removes every numbered directory whose id is not in `recorded`, and returns
+    /// the recorded ids whose directory is missing.
+    pub fn reconcile(&self, recorded: &HashSet<u64>) -> Result<Vec<u64>, SnapshotError> {
+        let mut present = HashSet::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if recorded.contains(&id) {
+                present.insert(id);
+            } else {
+                tracing::info!(snapshot = id, "removing snapshot that no record names");
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            }
+        }
+        Ok(recorded.difference(&present).copied().collect())
+    }
+}
+
+/// A layer being unpacked. Dropping it without committing removes the tree.
+pub struct PreparedSnapshot {
+    root: Option<PathBuf>,
+    fs_dir: PathBuf,
+}
+
+impl PreparedSnapshot {
+    pub fn fs_path(&self) -> &Path {
+        &self.fs_dir
+    }
+}
+
+impl Drop for PreparedSnapshot {
+    fn drop(&mut self) {
+        if let Some(root) = self.root.take() {
+            if let Err(e) = fs::remove_dir_all(&root) {
+                tracing::warn!(path = %root.display(), error = %e, "could not remove an abandoned layer unpack");
+            }
+        }
+    }
+}
