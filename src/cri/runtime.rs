@@ -30,12 +30,21 @@ fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!("{method}: berth does not run pods and containers yet; this build serves images only"))
 }
 
-/// Generates the methods that answer `Unimplemented`, one line each.
+/// Generates the methods that answer `Unimplemented`, one line each. The trait is
+/// an `async_trait`, whose attribute can't see into a macro, so the methods are
+/// written in the boxed-future form that attribute would have produced.
 macro_rules! not_yet_served {
     ($($method:ident($request:ident) -> $response:ident;)*) => {
         $(
-            async fn $method(&self, _: Request<cri::$request>) -> Result<Response<cri::$response>, Status> {
-                Err(not_yet(stringify!($method)))
+            fn $method<'life0, 'async_trait>(
+                &'life0 self,
+                _: Request<cri::$request>,
+            ) -> Pin<Box<dyn std::future::Future<Output = Result<Response<cri::$response>, Status>> + Send + 'async_trait>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async move { Err(not_yet(stringify!($method))) })
             }
         )*
     };
