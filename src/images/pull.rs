@@ -106,11 +106,11 @@ impl Inner {
                 user: config.config.as_ref().and_then(|c| c.user.clone()).filter(|u| !u.is_empty()),
                 created_unix_nanos: now_nanos(),
             };
+            // A reference with a digest names content, not a tag: `name:tag@digest`
+            // records no tag, since the registry's tag was never consulted.
             let mut names = vec![reference.with_digest(resolved.repo_digest.clone()).to_string()];
-            if reference.tag().is_some() && reference.digest().is_none() {
+            if reference.digest().is_none() {
                 names.push(name_key(&reference));
-            } else if let Some(tag) = reference.tag() {
-                names.push(format!("{}:{tag}", reference.name()));
             }
             self.store.put_image(&record, &names)?;
         }
@@ -127,17 +127,20 @@ impl Inner {
     /// Makes sure the layer's blob and snapshot exist, fetching them at most once
     /// even when several images that share the layer are pulled together.
     async fn ensure_layer(self: &Arc<Self>, source: &BlobSource, layer: &Descriptor, diff_id: &Digest) -> Result<(), ImageError> {
-        let lock = self.layer_locks.lock().expect("layer lock table poisoned").entry(layer.digest.clone()).or_default().clone();
+        // Serialised per diff id: the same layer compressed two ways is still one
+        // snapshot, and must not be unpacked twice at once.
+        let lock = self.layer_locks.lock().expect("layer lock table poisoned").entry(diff_id.clone()).or_default().clone();
         let result = async {
             let _serialised = lock.lock().await;
-            if self.store.snapshot(&diff_id.to_string())?.is_some() && self.content.contains(&layer.digest) {
+            let unpacked = self.store.snapshot(&diff_id.to_string())?.is_some();
+            if unpacked && self.content.contains(&layer.digest) {
                 tracing::debug!(layer = %layer.digest, "layer already present");
                 return Ok(());
             }
             let _download = self.downloads.acquire().await.map_err(|e| ImageError::Internal(e.to_string()))?;
             let mut attempt = 1;
             loop {
-                match self.fetch_layer(source, layer, diff_id).await {
+                match self.fetch_layer(source, layer, diff_id, !unpacked).await {
                     Err(ImageError::Registry(e)) if attempt < LAYER_ATTEMPTS && is_transient(&e) => {
                         let backoff = Duration::from_millis(500 << attempt);
                         tracing::warn!(layer = %layer.digest, attempt, error = %e, "layer download failed, retrying");
@@ -151,17 +154,26 @@ impl Inner {
         .await;
         let mut locks = self.layer_locks.lock().expect("layer lock table poisoned");
         if Arc::strong_count(&lock) == 2 {
-            locks.remove(&layer.digest);
+            locks.remove(diff_id);
         }
         result
     }
 
-    async fn fetch_layer(self: &Arc<Self>, source: &BlobSource, layer: &Descriptor, diff_id: &Digest) -> Result<(), ImageError> {
+    /// Downloads the layer's blob and, when `unpack`, unpacks it into a new
+    /// snapshot in the same pass. Without `unpack` (the snapshot exists, from the
+    /// same layer compressed another way) only the blob is stored.
+    async fn fetch_layer(
+        self: &Arc<Self>,
+        source: &BlobSource,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        unpack: bool,
+    ) -> Result<(), ImageError> {
         let started = Instant::now();
         let declared = Compression::from_media_type(&layer.media_type);
         let mut stream = source.open_blob(layer).await?;
         let blob = self.content.writer(layer.digest.clone(), Some(layer.size))?;
-        let snapshot = self.snapshots.prepare()?;
+        let snapshot = if unpack { Some(self.snapshots.prepare()?) } else { None };
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
         let layer_digest = layer.digest.clone();
         let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, blob, snapshot, declared, &layer_digest));
@@ -189,14 +201,17 @@ impl Inner {
         // A broken download truncates the tar, so the network's error is the cause
         // to report; otherwise the unpacker's verdict stands.
         download?;
-        let (blob, snapshot, stats, actual_diff_id) = unpacked?;
-        if actual_diff_id != *diff_id {
-            return Err(ImageError::DiffIdMismatch { layer: layer.digest.clone(), expected: diff_id.clone(), actual: actual_diff_id });
-        }
-
+        let (blob, unpacked) = unpacked?;
         let inner = self.clone();
         let diff_key = diff_id.to_string();
-        tokio::task::spawn_blocking(move || inner.commit_layer(blob, snapshot, stats, &diff_key))
+        let commit = match unpacked {
+            Some((_, _, actual)) if actual != *diff_id => {
+                return Err(ImageError::DiffIdMismatch { layer: layer.digest.clone(), expected: diff_id.clone(), actual });
+            }
+            Some((snapshot, stats, _)) => tokio::task::spawn_blocking(move || inner.commit_layer(blob, snapshot, stats, &diff_key)),
+            None => tokio::task::spawn_blocking(move || blob.commit().map_err(ImageError::from)),
+        };
+        commit
             .await
             .map_err(|e| ImageError::Internal(format!("commit task: {e}")))??;
         let secs = started.elapsed().as_secs_f64();
@@ -215,46 +230,46 @@ impl Inner {
     /// startup recovery removes.
     fn commit_layer(&self, blob: BlobWriter, snapshot: PreparedSnapshot, stats: UnpackStats, diff_id: &str) -> Result<(), ImageError> {
         blob.commit()?;
-        let previous = self.store.snapshot(diff_id)?;
         let id = self.store.allocate_snapshot_id()?;
         self.snapshots.commit(snapshot, id)?;
         self.store.put_snapshot(diff_id, &SnapshotRecord { id, size: stats.bytes, inodes: stats.inodes })?;
-        if let Some(stale) = previous.and_then(|p| self.snapshots.detach(p.id).transpose()) {
-            let path = stale?;
-            std::fs::remove_dir_all(&path)
-                .map_err(|source| ImageError::Io { context: format!("removing {}", path.display()), source })?;
-        }
         Ok(())
     }
 }
 
-/// Runs on a blocking thread: tees the compressed chunks into the blob file,
-/// decompresses, hashes the tar and unpacks it. Returns everything the commit needs.
+type Unpacked = (PreparedSnapshot, UnpackStats, Digest);
+
+/// Runs on a blocking thread: tees the compressed chunks into the blob file and,
+/// given a snapshot to fill, decompresses, hashes the tar (the diff id) and unpacks
+/// it. Returns everything the commit needs.
 fn unpack_stream(
     chunks: tokio::sync::mpsc::Receiver<Bytes>,
     blob: BlobWriter,
-    snapshot: PreparedSnapshot,
+    snapshot: Option<PreparedSnapshot>,
     declared: Option<Compression>,
     layer: &Digest,
-) -> Result<(BlobWriter, PreparedSnapshot, UnpackStats, Digest), ImageError> {
+) -> Result<(BlobWriter, Option<Unpacked>), ImageError> {
     let io_err = |source| ImageError::Io { context: format!("layer {layer}"), source };
     let mut tee = TeeReader { chunks, current: Bytes::new(), blob };
-    let compression = match declared {
-        Some(c) => c,
-        None => Compression::detect(tee.peek().map_err(io_err)?),
-    };
-    let (stats, diff_id) = {
-        let decoder = compression.decoder(&mut tee).map_err(io_err)?;
-        let mut tar = HashingReader { inner: decoder, hasher: Sha256::new() };
-        let stats = unpack_layer(&mut tar, snapshot.fs_path())
-            .map_err(|source| ImageError::Unpack { layer: layer.clone(), source })?;
-        // The tar ends before its padding and the compressor's trailer; read them so
-        // both digests cover every byte.
-        io::copy(&mut tar, &mut io::sink()).map_err(io_err)?;
-        (stats, Digest::from_hasher(tar.hasher))
+    let unpacked = match snapshot {
+        None => None,
+        Some(snapshot) => {
+            let compression = match declared {
+                Some(c) => c,
+                None => Compression::detect(tee.peek().map_err(io_err)?),
+            };
+            let decoder = compression.decoder(&mut tee).map_err(io_err)?;
+            let mut tar = HashingReader { inner: decoder, hasher: Sha256::new() };
+            let stats = unpack_layer(&mut tar, snapshot.fs_path())
+                .map_err(|source| ImageError::Unpack { layer: layer.clone(), source })?;
+            // The tar ends before its padding and the compressor's trailer; read
+            // them so both digests cover every byte.
+            io::copy(&mut tar, &mut io::sink()).map_err(io_err)?;
+            Some((snapshot, stats, Digest::from_hasher(tar.hasher)))
+        }
     };
     io::copy(&mut tee, &mut io::sink()).map_err(io_err)?;
-    Ok((tee.blob, snapshot, stats, diff_id))
+    Ok((tee.blob, unpacked))
 }
 
 /// Reads the chunks the download task sends, writing each into the blob file as
