@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -367,6 +368,61 @@ fn layer_codecs_and_manifest_formats() {
             }
         }
         fail_unless_empty(failures, &berthd);
+    });
+}
+
+#[test]
+fn symlinks_and_hardlinks_unpack_faithfully() {
+    common::run(|| async {
+        let registry = TestRegistry::start().await;
+        let layer = TestLayer::new(
+            &[
+                Entry::dir("bin"),
+                Entry::file("bin/multicall-3f9", "#!multicall"),
+                Entry::hardlink("bin/sh-3f9", "bin/multicall-3f9"),
+                Entry::symlink("bin/ls-3f9", "multicall-3f9"),
+                Entry::symlink("absolute-3f9", "/bin/multicall-3f9"),
+            ],
+            Compression::Gzip,
+        );
+        registry.push("links/app", "v1", &TestImage::new(vec![layer])).await;
+        let berthd = Berthd::start(BerthdConfig::default().insecure(&registry.host())).await;
+        berthd.pull(&format!("{}/links/app:v1", registry.host())).await.expect("pull");
+
+        let snapshots = [berthd.root().join("snapshots")];
+        let one = |name: &str| {
+            let hits = find_named(&[&snapshots[0]], &[], name);
+            assert_eq!(hits.len(), 1, "want one {name} in the snapshots, found {hits:?}");
+            hits.into_iter().next().expect("one hit")
+        };
+        let target = std::fs::symlink_metadata(one("multicall-3f9")).expect("stat link target");
+        let hardlink = std::fs::symlink_metadata(one("sh-3f9")).expect("stat hard link");
+        assert_eq!((hardlink.dev(), hardlink.ino()), (target.dev(), target.ino()), "a hard link must share its target's inode");
+        assert_eq!(target.nlink(), 2);
+        assert_eq!(std::fs::read_link(one("ls-3f9")).expect("relative symlink"), Path::new("multicall-3f9"));
+        assert_eq!(std::fs::read_link(one("absolute-3f9")).expect("absolute symlink"), Path::new("/bin/multicall-3f9"));
+    });
+}
+
+#[test]
+fn a_registry_that_is_down_fails_the_pull_until_it_is_back() {
+    common::run(|| async {
+        let mut registry = TestRegistry::start().await;
+        let pushed = registry.push("flaky/app", "v1", &TestImage::small("flaky")).await;
+        let berthd = Berthd::start(BerthdConfig::default().insecure(&registry.host())).await;
+        let reference = format!("{}/flaky/app:v1", registry.host());
+
+        registry.kill();
+        let down = tokio::time::timeout(Duration::from_secs(60), berthd.pull(&reference))
+            .await
+            .expect("a pull from a registry that is down must end, not hang")
+            .expect_err("a pull from a registry that is down must fail");
+        assert!(down.message().contains(&registry.host()), "the error must name the registry: {down:?}");
+        assert!(berthd.list_images(None).await.is_empty());
+
+        registry.restart().await;
+        let image_ref = berthd.pull(&reference).await.unwrap_or_else(|s| panic!("pull once the registry is back: {s:?}"));
+        assert_eq!(image_ref, pushed.image_id);
     });
 }
 

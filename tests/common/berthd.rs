@@ -169,14 +169,6 @@ impl Berthd {
         &self.root
     }
 
-    pub fn state(&self) -> &Path {
-        &self.state
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// An empty directory outside berthd's root that hostile layers aim at.
     pub fn sentinel(&self) -> &Path {
         &self.sentinel
@@ -185,10 +177,6 @@ impl Berthd {
     /// The directory holding root, state, sentinel, config and log.
     pub fn base(&self) -> &Path {
         self.base.path()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("berthd is running").id()
     }
 
     /// SIGKILLs berthd: no chance to clean up.

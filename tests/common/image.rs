@@ -162,10 +162,6 @@ impl TestLayer {
     pub fn blob(&self) -> &[u8] {
         &self.blob
     }
-
-    pub fn compression(&self) -> Compression {
-        self.compression
-    }
 }
 
 /// Fast deterministic bytes with no structure for gzip or zstd to exploit.
@@ -372,10 +368,6 @@ impl TestImage {
         serde_json::to_vec(&document).expect("serialise image config")
     }
 
-    pub fn config_digest(&self) -> String {
-        sha256_digest(&self.config_json())
-    }
-
     /// The manifest bytes exactly as pushed; their digest is the repo digest.
     pub fn manifest_json(&self) -> Vec<u8> {
         let config = self.config_json();
@@ -395,31 +387,23 @@ impl TestImage {
         });
         serde_json::to_vec(&document).expect("serialise manifest")
     }
-
-    pub fn manifest_digest(&self) -> String {
-        sha256_digest(&self.manifest_json())
-    }
 }
 
 /// What a push left in the registry, as a CRI user would name it.
 #[derive(Clone, Debug)]
 pub struct Pushed {
-    pub repo: String,
-    pub tag: String,
-    /// Digest of the manifest (or index) the tag points at.
+    /// Digest of the image's manifest.
     pub repo_digest: String,
     /// Digest of the image config: the image ID.
     pub image_id: String,
     pub layer_digests: Vec<String>,
-    /// Manifest, config and compressed layers together.
+    /// Manifest, config and compressed layers together, as the registry stores them.
     pub size: u64,
 }
 
 /// A pushed index and the per-platform images it lists.
 #[derive(Clone, Debug)]
 pub struct PushedIndex {
-    pub repo: String,
-    pub tag: String,
     pub index_digest: String,
     pub images: Vec<(Platform, Pushed)>,
 }

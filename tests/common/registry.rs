@@ -1,7 +1,7 @@
 //! The real CNCF distribution registry on 127.0.0.1, with storage in a tempdir, and a
 //! small client that pushes [`TestImage`]s through its HTTP API.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -261,7 +261,7 @@ impl TestRegistry {
     pub async fn push(&self, repo: &str, tag: &str, image: &TestImage) -> Pushed {
         let pushed = self.push_untagged(repo, image).await;
         self.put_manifest(repo, tag, image.format.manifest_media_type(), &image.manifest_json()).await;
-        Pushed { tag: tag.to_owned(), ..pushed }
+        pushed
     }
 
     async fn push_untagged(&self, repo: &str, image: &TestImage) -> Pushed {
@@ -277,7 +277,7 @@ impl TestRegistry {
         let repo_digest =
             self.put_manifest(repo, &sha256_digest(&manifest), image.format.manifest_media_type(), &manifest).await;
         size += (config.len() + manifest.len()) as u64;
-        Pushed { repo: repo.to_owned(), tag: String::new(), repo_digest, image_id, layer_digests, size }
+        Pushed { repo_digest, image_id, layer_digests, size }
     }
 
     /// Pushes one image per platform and an index (OCI) or manifest list (Docker)
@@ -294,18 +294,13 @@ impl TestRegistry {
         for (platform, image) in entries {
             let image = image.clone().platform(platform.clone());
             let pushed = self.push_untagged(repo, &image).await;
-            images.push((platform.clone(), Pushed { tag: tag.to_owned(), ..pushed }));
+            images.push((platform.clone(), pushed));
             placed.push((platform.clone(), image));
         }
         let borrowed: Vec<(Platform, &TestImage)> = placed.iter().map(|(p, i)| (p.clone(), i)).collect();
         let index = index_json(format, &borrowed);
         let index_digest = self.put_manifest(repo, tag, format.index_media_type(), &index).await;
-        PushedIndex { repo: repo.to_owned(), tag: tag.to_owned(), index_digest, images }
-    }
-
-    /// The storage directory, for tests that look at what the registry holds.
-    pub fn storage(&self) -> &Path {
-        self.dir.path()
+        PushedIndex { index_digest, images }
     }
 }
 
