@@ -10,12 +10,17 @@ impl From<ImageError> for Status {
     fn from(error: ImageError) -> Status {
         let code = match error.root() {
             ImageError::InvalidReference(_) => Code::InvalidArgument,
-            ImageError::Registry(e) if e.is_not_found() => Code::NotFound,
-            ImageError::Registry(RegistryError::Unauthorized { .. }) => Code::Unauthenticated,
-            ImageError::Registry(RegistryError::DigestMismatch { .. })
-            | ImageError::Content(ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. })
+            ImageError::Registry(e) => match e.cause() {
+                RegistryError::NotFound { .. } => Code::NotFound,
+                RegistryError::Unauthorized { .. } => Code::Unauthenticated,
+                RegistryError::DigestMismatch { .. } => Code::DataLoss,
+                RegistryError::NoMatchingPlatform { .. }
+                | RegistryError::UnsupportedMediaType { .. }
+                | RegistryError::InvalidManifest { .. } => Code::FailedPrecondition,
+                _ => Code::Unavailable,
+            },
+            ImageError::Content(ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. })
             | ImageError::DiffIdMismatch { .. } => Code::DataLoss,
-            ImageError::Registry(_) => Code::Unavailable,
             ImageError::Unpack { .. } | ImageError::InvalidImage { .. } => Code::FailedPrecondition,
             ImageError::Content(_)
             | ImageError::Store(_)

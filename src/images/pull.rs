@@ -325,5 +325,5 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 fn is_transient(error: &RegistryError) -> bool {
-    !error.is_not_found() && !matches!(error, RegistryError::DigestMismatch { .. } | RegistryError::Unauthorized { .. })
+    !error.is_not_found() && !matches!(error.cause(), RegistryError::DigestMismatch { .. } | RegistryError::Unauthorized { .. })
 }
