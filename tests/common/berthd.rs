@@ -115,9 +115,13 @@ impl Berthd {
         self.base.path().join("berthd.log")
     }
 
-    /// Everything berthd wrote to stdout and stderr, across restarts.
+    /// The last lines berthd wrote to stdout and stderr, across restarts: enough to
+    /// explain a failure without drowning it.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        const TAIL_LINES: usize = 200;
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
     }
 
     async fn spawn(&mut self) {
@@ -136,7 +140,7 @@ impl Berthd {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--log-format", "text"])
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "info,berth=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup berthd log"))
             .stderr(log)
