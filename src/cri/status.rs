@@ -10,6 +10,7 @@ impl From<ImageError> for Status {
     fn from(error: ImageError) -> Status {
         let code = match error.root() {
             ImageError::InvalidReference(_) => Code::InvalidArgument,
+            ImageError::NotFound { .. } => Code::NotFound,
             ImageError::Registry(e) => match e.cause() {
                 RegistryError::NotFound { .. } => Code::NotFound,
                 RegistryError::Unauthorized { .. } => Code::Unauthenticated,

@@ -22,6 +22,8 @@ pub enum ImageError {
     DiffIdMismatch { layer: Digest, expected: Digest, actual: Digest },
     #[error("image {reference}: {reason}")]
     InvalidImage { reference: String, reason: String },
+    #[error("image {image} not found")]
+    NotFound { image: String },
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]

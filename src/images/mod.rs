@@ -16,4 +16,4 @@ mod pull;
 mod service;
 
 pub use error::ImageError;
-pub use service::{FsUsage, ImageService, ImageSummary};
+pub use service::{FsUsage, ImageService, ImageSummary, RootfsLayers};

@@ -45,7 +45,7 @@ impl Inner {
         let mut claims = vec![resolved.manifest.digest.to_string(), parsed.config.digest.to_string()];
         claims.extend(resolved.index.as_ref().map(|i| i.digest.to_string()));
         claims.extend(parsed.layers.iter().map(|l| l.digest.to_string()));
-        let _lease = ImageService::lease(&self, claims);
+        let _claim = ImageService::claim(&self, claims);
 
         let config_bytes = match self.content.contains(&parsed.config.digest) {
             true => Bytes::from(self.content.read(&parsed.config.digest)?),
@@ -63,7 +63,7 @@ impl Inner {
             )));
         }
         {
-            let _claims = ImageService::lease(&self, diff_ids.iter().map(Digest::to_string).collect());
+            let _claims = ImageService::claim(&self, diff_ids.iter().map(Digest::to_string).collect());
             self.content.put(&parsed.config.digest, &config_bytes)?;
             futures::future::try_join_all(
                 parsed.layers.iter().zip(diff_ids).map(|(layer, diff_id)| self.ensure_layer(source, layer, diff_id)),

@@ -18,7 +18,8 @@ use super::reference::Reference;
 use super::registry::{Credentials, RegistryClient};
 use super::snapshots::Snapshots;
 use crate::config::Config;
-use crate::store::{ImageRecord, Store};
+use super::manifest::ImageConfig;
+use crate::store::{ImageRecord, Lease, Store};
 
 /// An image as callers see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,15 @@ pub struct ImageSummary {
     /// The image config's USER, as written there.
     pub user: Option<String>,
     pub pinned: bool,
+}
+
+/// The directories of a container's overlay root filesystem.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RootfsLayers {
+    /// Topmost layer first, as overlayfs lists them.
+    pub lowerdirs: Vec<PathBuf>,
+    pub upperdir: PathBuf,
+    pub workdir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,24 +71,24 @@ pub(super) struct Inner {
     /// One fetch per layer at a time, across images that share it.
     pub(super) layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Blob digests and diff ids that running pulls have claimed but no image
-    /// record references yet. GC must not take them; see `lease`.
-    leases: Mutex<HashMap<String, usize>>,
+    /// record references yet. GC must not take them; see `claim`.
+    claims: Mutex<HashMap<String, usize>>,
 }
 
 /// Held by a pull for its duration; releases its claims on drop.
-pub(super) struct Lease {
+pub(super) struct Claim {
     inner: Arc<Inner>,
     keys: Vec<String>,
 }
 
-impl Drop for Lease {
+impl Drop for Claim {
     fn drop(&mut self) {
-        let mut leases = self.inner.leases.lock().expect("lease table poisoned");
+        let mut claims = self.inner.claims.lock().expect("claim table poisoned");
         for key in &self.keys {
-            if let Some(count) = leases.get_mut(key) {
+            if let Some(count) = claims.get_mut(key) {
                 *count -= 1;
                 if *count == 0 {
-                    leases.remove(key);
+                    claims.remove(key);
                 }
             }
         }
@@ -110,7 +120,7 @@ impl ImageService {
                 downloads: Semaphore::new(config.max_concurrent_downloads),
                 inflight: Mutex::default(),
                 layer_locks: Mutex::default(),
-                leases: Mutex::default(),
+                claims: Mutex::default(),
             }),
         };
         service.recover()?;
@@ -124,9 +134,12 @@ impl ImageService {
     fn recover(&self) -> Result<(), ImageError> {
         let inner = &self.inner;
         let recorded = inner.store.snapshots()?;
-        let ids: HashSet<u64> = recorded.iter().map(|(_, r)| r.id).collect();
-        let missing = inner.snapshots.reconcile(&ids)?;
-        if !missing.is_empty() {
+        let mut ids: HashSet<u64> = recorded.iter().map(|(_, r)| r.id).collect();
+        for (_, lease) in inner.store.leases()? {
+            ids.extend(lease.snapshot_ids);
+        }
+        let missing: HashSet<u64> = inner.snapshots.reconcile(&ids)?.into_iter().collect();
+        if recorded.iter().any(|(_, r)| missing.contains(&r.id)) {
             let lost: HashSet<&str> =
                 recorded.iter().filter(|(_, r)| missing.contains(&r.id)).map(|(d, _)| d.as_str()).collect();
             for (image, _) in inner.store.images_with_names()? {
@@ -233,6 +246,65 @@ impl ImageService {
         Ok(FsUsage { mountpoint: self.inner.root.clone(), used_bytes, inodes_used, timestamp_nanos: now_nanos() })
     }
 
+    /// The image's run defaults (entrypoint, cmd, env, working dir, user, stop
+    /// signal), from its stored config.
+    pub fn image_config(&self, image_id: &str) -> Result<ImageConfig, ImageError> {
+        let config = self.config_json(image_id)?;
+        serde_json::from_value(config)
+            .map_err(|e| ImageError::InvalidImage { reference: image_id.to_string(), reason: format!("config: {e}") })
+    }
+
+    /// Prepares the layers of a container's root filesystem: a fresh writable
+    /// snapshot over the image's layers, held by a lease named `owner` so that
+    /// neither survives as garbage nor is collected while the owner lives, even if
+    /// the image itself is removed.
+    pub fn prepare_rootfs(&self, owner: &str, image_id: &str) -> Result<RootfsLayers, ImageError> {
+        let inner = &self.inner;
+        let record = self.find(image_id)?.ok_or_else(|| ImageError::NotFound { image: image_id.to_string() })?;
+        let mut lowerdirs = Vec::with_capacity(record.layers.len());
+        // Held across reading the snapshot records and writing the lease, so GC
+        // can't take a layer in between.
+        let _gc = inner.claims.lock().expect("claim table poisoned");
+        for layer in record.layers.iter().rev() {
+            let snapshot = inner.store.snapshot(&layer.diff_id)?.ok_or_else(|| ImageError::InvalidImage {
+                reference: record.id.clone(),
+                reason: format!("layer {} is not unpacked", layer.diff_id),
+            })?;
+            lowerdirs.push(inner.snapshots.fs_path(snapshot.id));
+        }
+        let id = inner.store.allocate_snapshot_id()?;
+        let lease = Lease { diff_ids: record.layers.iter().map(|l| l.diff_id.clone()).collect(), snapshot_ids: vec![id] };
+        inner.store.put_lease(owner, &lease)?;
+        let (upperdir, workdir) = inner.snapshots.create_writable(id)?;
+        Ok(RootfsLayers { lowerdirs, upperdir, workdir })
+    }
+
+    /// Drops a container's writable snapshot and lease; what only it kept alive
+    /// is collected. Succeeds when there is nothing to release.
+    pub fn release_rootfs(&self, owner: &str) -> Result<(), ImageError> {
+        let inner = &self.inner;
+        let Some(lease) = inner.store.lease(owner)? else { return Ok(()) };
+        inner.store.remove_lease(owner)?;
+        for id in lease.snapshot_ids {
+            if let Some(path) = inner.snapshots.detach(id)? {
+                std::fs::remove_dir_all(&path)
+                    .map_err(|source| ImageError::Io { context: format!("removing {}", path.display()), source })?;
+            }
+        }
+        self.collect_garbage()
+    }
+
+    /// Bytes and inodes of an owner's writable layer, for container stats.
+    pub fn writable_usage(&self, owner: &str) -> Result<(u64, u64), ImageError> {
+        let Some(lease) = self.inner.store.lease(owner)? else { return Ok((0, 0)) };
+        let mut total = (0, 0);
+        for id in lease.snapshot_ids {
+            let (bytes, inodes) = self.inner.snapshots.usage(id)?;
+            total = (total.0 + bytes, total.1 + inodes);
+        }
+        Ok(total)
+    }
+
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
@@ -277,12 +349,12 @@ impl ImageService {
 
     /// Claims blobs and diff ids for a running pull so that GC leaves them alone
     /// until the image record that references them is committed.
-    pub(super) fn lease(inner: &Arc<Inner>, keys: Vec<String>) -> Lease {
-        let mut leases = inner.leases.lock().expect("lease table poisoned");
+    pub(super) fn claim(inner: &Arc<Inner>, keys: Vec<String>) -> Claim {
+        let mut claims = inner.claims.lock().expect("claim table poisoned");
         for key in &keys {
-            *leases.entry(key.clone()).or_default() += 1;
+            *claims.entry(key.clone()).or_default() += 1;
         }
-        Lease { inner: inner.clone(), keys }
+        Claim { inner: inner.clone(), keys }
     }
 
     /// Deletes every snapshot and blob that no image record and no running pull
@@ -292,9 +364,12 @@ impl ImageService {
         let inner = &self.inner;
         let mut detached = Vec::new();
         {
-            let leases = inner.leases.lock().expect("lease table poisoned");
-            let mut blobs: HashSet<String> = leases.keys().cloned().collect();
+            let claims = inner.claims.lock().expect("claim table poisoned");
+            let mut blobs: HashSet<String> = claims.keys().cloned().collect();
             let mut diffs = blobs.clone();
+            for (_, lease) in inner.store.leases()? {
+                diffs.extend(lease.diff_ids);
+            }
             for (image, _) in inner.store.images_with_names()? {
                 blobs.insert(image.manifest.clone());
                 blobs.extend(image.index.clone());

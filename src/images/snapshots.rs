@@ -66,6 +66,42 @@ impl Snapshots {
         fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))
     }
 
+    /// Creates the writable snapshot `id`: `fs/` is an overlay upperdir and
+    /// `work/` its workdir (overlayfs needs both on the same filesystem).
+    pub fn create_writable(&self, id: u64) -> Result<(PathBuf, PathBuf), SnapshotError> {
+        let root = self.dir.join(id.to_string());
+        let (upper, work) = (root.join("fs"), root.join("work"));
+        for d in [&upper, &work] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        Ok((upper, work))
+    }
+
+    /// Bytes and inodes under a snapshot's tree, by walking it without following
+    /// symlinks (writable layers change all the time, so no record can say).
+    pub fn usage(&self, id: u64) -> Result<(u64, u64), SnapshotError> {
+        let mut pending = vec![self.fs_path(id)];
+        let (mut bytes, mut inodes) = (0, 0);
+        while let Some(dir) = pending.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_err(&dir))?;
+                let meta = entry.metadata().map_err(io_err(&entry.path()))?;
+                inodes += 1;
+                if meta.is_dir() {
+                    pending.push(entry.path());
+                } else if meta.is_file() {
+                    bytes += meta.len();
+                }
+            }
+        }
+        Ok((bytes, inodes))
+    }
+
     /// Takes a snapshot out of sight at once (a rename) and returns the path whose
     /// deletion may then take as long as the tree needs, outside any lock.
     pub fn detach(&self, id: u64) -> Result<Option<PathBuf>, SnapshotError> {

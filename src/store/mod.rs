@@ -10,7 +10,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-pub use records::{ImageRecord, LayerRecord, SnapshotRecord};
+pub use records::{ImageRecord, LayerRecord, Lease, SnapshotRecord};
 
 /// Image id (`sha256:<config digest>`) -> JSON `ImageRecord`.
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
@@ -24,6 +24,29 @@ const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots"
 /// directory names keep overlay's lowerdir option (one page at most) usable for
 /// images with many layers.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Owner (`container/<id>`) -> JSON `Lease`: what a live object holds on to, so
+/// that image GC keeps it even when its image is removed.
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// Pod sandbox id -> the sandbox room's JSON record.
+const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
+/// Container id -> the sandbox room's JSON record.
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+
+/// The record kinds this database keeps for other rooms, as JSON they define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pod,
+    Container,
+}
+
+impl Kind {
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Kind::Pod => PODS,
+            Kind::Container => CONTAINERS,
+        }
+    }
+}
 const NEXT_SNAPSHOT_ID: &str = "next_snapshot_id";
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +76,9 @@ impl Store {
             txn.open_table(NAMES).map_err(db_err)?;
             txn.open_table(SNAPSHOTS).map_err(db_err)?;
             txn.open_table(COUNTERS).map_err(db_err)?;
+            txn.open_table(LEASES).map_err(db_err)?;
+            txn.open_table(PODS).map_err(db_err)?;
+            txn.open_table(CONTAINERS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store { db })
@@ -150,14 +176,7 @@ impl Store {
     }
 
     pub fn snapshots(&self) -> Result<Vec<(String, SnapshotRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (key, value) = entry.map_err(db_err)?;
-            out.push((key.value().to_string(), decode(key.value(), value.value())?));
-        }
-        Ok(out)
+        self.list_table(SNAPSHOTS)
     }
 
     /// Hands out a snapshot directory id that no other snapshot will ever get. Ids
@@ -176,13 +195,7 @@ impl Store {
     }
 
     pub fn put_snapshot(&self, diff_id: &str, record: &SnapshotRecord) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(record).expect("snapshot records always serialise");
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(SNAPSHOTS).map_err(db_err)?;
-            table.insert(diff_id, value.as_slice()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+        self.put_json(SNAPSHOTS, diff_id, record)
     }
 
     /// Removes snapshot records in one transaction.
@@ -193,6 +206,82 @@ impl Store {
             for diff_id in diff_ids {
                 table.remove(diff_id.as_str()).map_err(db_err)?;
             }
+        }
+        txn.commit().map_err(db_err)
+    }
+}
+
+impl Store {
+    pub fn lease(&self, owner: &str) -> Result<Option<Lease>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(LEASES).map_err(db_err)?;
+        table.get(owner).map_err(db_err)?.map(|v| decode(owner, v.value())).transpose()
+    }
+
+    pub fn leases(&self) -> Result<Vec<(String, Lease)>, StoreError> {
+        self.list_table(LEASES)
+    }
+
+    pub fn put_lease(&self, owner: &str, lease: &Lease) -> Result<(), StoreError> {
+        self.put_json(LEASES, owner, lease)
+    }
+
+    pub fn remove_lease(&self, owner: &str) -> Result<(), StoreError> {
+        self.delete_key(LEASES, owner)
+    }
+
+    pub fn get<T: serde::de::DeserializeOwned>(&self, kind: Kind, id: &str) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(kind.table()).map_err(db_err)?;
+        table.get(id).map_err(db_err)?.map(|v| decode(id, v.value())).transpose()
+    }
+
+    pub fn list<T: serde::de::DeserializeOwned>(&self, kind: Kind) -> Result<Vec<(String, T)>, StoreError> {
+        self.list_table(kind.table())
+    }
+
+    pub fn put<T: serde::Serialize>(&self, kind: Kind, id: &str, record: &T) -> Result<(), StoreError> {
+        self.put_json(kind.table(), id, record)
+    }
+
+    pub fn delete(&self, kind: Kind, id: &str) -> Result<(), StoreError> {
+        self.delete_key(kind.table(), id)
+    }
+
+    fn list_table<T: serde::de::DeserializeOwned>(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(definition).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            out.push((key.value().to_string(), decode(key.value(), value.value())?));
+        }
+        Ok(out)
+    }
+
+    fn put_json<T: serde::Serialize>(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+        key: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(definition).map_err(db_err)?;
+            table.insert(key, value.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    fn delete_key(&self, definition: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(definition).map_err(db_err)?;
+            table.remove(key).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }

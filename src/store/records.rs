@@ -41,3 +41,12 @@ pub struct SnapshotRecord {
     pub size: u64,
     pub inodes: u64,
 }
+
+/// What a live object (a container) holds: the layers under its root filesystem
+/// and its own writable snapshot. GC keeps both while the lease exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub diff_ids: Vec<String>,
+    /// Snapshot directory ids owned outright (writable layers).
+    pub snapshot_ids: Vec<u64>,
+}
