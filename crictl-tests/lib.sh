@@ -17,6 +17,17 @@
 
 set -uo pipefail
 
+# Tests reach nothing beyond 127.0.0.0/8. A daemon falls back from a mirror to the
+# upstream registry when the mirror lacks an image (containerd does, and so may berthd),
+# so each scenario file runs in a network namespace of its own whose only interface is
+# loopback: a fallback fails at once instead of leaving the machine. (The registry of
+# deploy/test-registry.sh serves the host and opts out with BERTH_TESTS_SHARE_NETWORK=1.)
+if [[ ${BERTH_TESTS_SHARE_NETWORK:-0} != 1 && -z ${BERTH_TESTS_NETNS:-} ]]; then
+    export BERTH_TESTS_NETNS=1
+    # shellcheck disable=SC2016  # expanded by the inner shell
+    exec unshare --net -- bash -c 'ip link set lo up && exec bash "$0" "$@"' "$0" "$@"
+fi
+
 BERTH_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=deploy/env.sh
 source "$BERTH_REPO/deploy/env.sh"
@@ -55,6 +66,9 @@ die() {
 
 cleanup() {
     local status=$?
+    # A second signal (timeout(1) signals the whole process group) must not cut the
+    # cleanup short.
+    trap '' INT TERM
     daemon_stop quiet
     if [[ -n $REGISTRY_PID ]]; then
         kill "$REGISTRY_PID" 2>/dev/null
@@ -90,13 +104,13 @@ free_port() {
     return 1
 }
 
-# registry_start: a docker-registry on a free loopback port with storage in WORKDIR;
-# sets REGISTRY_ADDR (host:port).
+# registry_start: a docker-registry on 127.0.0.1, on REGISTRY_PORT if set or else on
+# a free port, with storage in WORKDIR; sets REGISTRY_ADDR (host:port).
 registry_start() {
     local storage="$WORKDIR/registry" config="$WORKDIR/registry.yml" port attempt
     mkdir -p "$storage"
     for attempt in 1 2 3; do
-        port=$(free_port) || die "no free port found for the registry"
+        port=${REGISTRY_PORT:-$(free_port)} || die "no free port found for the registry"
         cat >"$config" <<EOF
 version: 0.1
 log:
@@ -307,6 +321,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
     endpoint = ["$mirror"]
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."gcr.io"]
+    endpoint = ["$mirror"]
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$REGISTRY_ADDR"]
     endpoint = ["$mirror"]
 END_OF_CONTAINERD_CONFIG
             ;;
