@@ -48,7 +48,7 @@ rust_passed=0
 rust_failed=0
 if ((build_ok)); then
     stage "cargo test --release"
-    cargo test --release </dev/null 2>&1 | tee "$logs/cargo-test.log"
+    cargo test --release --no-fail-fast </dev/null 2>&1 | tee "$logs/cargo-test.log"
     cargo_status=${PIPESTATUS[0]}
     read -r rust_passed rust_failed < <(
         sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$logs/cargo-test.log" |
