@@ -47,7 +47,7 @@ fi
 rust_passed=0
 rust_failed=0
 if ((build_ok)); then
-    stage "cargo test --release"
+    stage "cargo test --release --no-fail-fast"
     cargo test --release --no-fail-fast </dev/null 2>&1 | tee "$logs/cargo-test.log"
     cargo_status=${PIPESTATUS[0]}
     read -r rust_passed rust_failed < <(
