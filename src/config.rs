@@ -22,6 +22,66 @@ pub struct Config {
     /// How many layer downloads may run at once across all pulls.
     pub max_concurrent_downloads: usize,
     pub registry: RegistryConfig,
+    pub cni: CniConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Where network configs are read from (the lexically first one is used).
+    /// When it holds none, berthd writes a local bridge network there.
+    pub conf_dir: PathBuf,
+    /// Where plugin binaries are looked up, in order.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The handler used when a pod names none.
+    pub default_handler: String,
+    /// Seconds between the stop signal and SIGKILL when StopContainer's timeout
+    /// is 0, as `docker stop` waits.
+    pub stop_grace_period: u64,
+    /// The shim binary started once per pod. Default: `berth-shim` beside berthd.
+    pub shim: Option<PathBuf>,
+    /// OCI runtimes by CRI runtime handler name. `runc` is always present unless
+    /// overridden here.
+    pub handlers: BTreeMap<String, RuntimeHandler>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandler {
+    /// The OCI runtime binary (runc, crun, youki: anything with runc's CLI).
+    pub path: PathBuf,
+    /// The runtime's state directory (`--root`). Default: `<state>/runtime/<name>`.
+    pub root: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { default_handler: "runc".into(), stop_grace_period: 10, shim: None, handlers: BTreeMap::new() }
+    }
+}
+
+impl RuntimeConfig {
+    /// The configured handlers plus the built-in `runc`.
+    pub fn effective_handlers(&self) -> BTreeMap<String, RuntimeHandler> {
+        let mut handlers = self.handlers.clone();
+        handlers.entry("runc".into()).or_insert(RuntimeHandler { path: PathBuf::from("runc"), root: None });
+        handlers
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -44,6 +104,8 @@ impl Default for Config {
             sandbox_image: "registry.k8s.io/pause:3.10".to_string(),
             max_concurrent_downloads: 3,
             registry: RegistryConfig::default(),
+            cni: CniConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -84,6 +146,9 @@ impl Config {
             if !p.is_absolute() {
                 return Err((field, format!("{} is not an absolute path", p.display())));
             }
+        }
+        if !self.runtime.effective_handlers().contains_key(&self.runtime.default_handler) {
+            return Err(("runtime.default_handler", format!("{:?} is not a configured handler", self.runtime.default_handler)));
         }
         for (host, endpoints) in &self.registry.mirrors {
             for endpoint in endpoints {

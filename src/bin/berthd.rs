@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use berth::config::Config;
 use berth::images::ImageService;
+use berth::sandbox::PodService;
 use berth::store::Store;
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
@@ -77,8 +78,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let store = Arc::new(Store::open(&config.root.join("meta.redb"))?);
     let images = ImageService::open(&config, store.clone())?;
+    let pods = PodService::open(&config, store.clone(), images.clone()).await?;
     tracing::info!(root = %config.root.display(), state = %config.state.display(), "berthd starting");
-    berth::cri::serve(&config, images, shutdown_signal()).await?;
+    berth::cri::serve(&config, images, pods, shutdown_signal()).await?;
     tracing::info!("berthd stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! mapped to gRPC status codes here, once (`status.rs`). Nothing below this room
 //! sees a CRI type.
 
+mod convert;
 mod image;
 mod runtime;
 mod status;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::images::ImageService;
+use crate::sandbox::PodService;
 
 pub use image::CriImageService;
 pub use runtime::CriRuntimeService;
@@ -37,6 +39,7 @@ pub enum ServeError {
 pub async fn serve(
     config: &Config,
     images: ImageService,
+    pods: PodService,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let path = &config.socket;
@@ -51,7 +54,7 @@ pub async fn serve(
     tracing::info!(socket = %shown, "serving CRI v1");
 
     let result = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(CriRuntimeService::new(config.clone(), images.clone())))
+        .add_service(RuntimeServiceServer::new(CriRuntimeService::new(config.clone(), pods)))
         .add_service(ImageServiceServer::new(CriImageService::new(images)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

@@ -5,10 +5,16 @@ use tonic::{Code, Status};
 use crate::images::ImageError;
 use crate::images::content::ContentError;
 use crate::images::registry::RegistryError;
+use crate::sandbox::SandboxError;
 
 impl From<ImageError> for Status {
     fn from(error: ImageError) -> Status {
-        let code = match error.root() {
+        Status::new(image_code(&error), error.to_string())
+    }
+}
+
+fn image_code(error: &ImageError) -> Code {
+    match error.root() {
             ImageError::InvalidReference(_) => Code::InvalidArgument,
             ImageError::NotFound { .. } => Code::NotFound,
             ImageError::Registry(e) => match e.cause() {
@@ -29,6 +35,20 @@ impl From<ImageError> for Status {
             | ImageError::Io { .. }
             | ImageError::Internal(_)
             | ImageError::Shared(_) => Code::Internal,
+    }
+}
+
+impl From<SandboxError> for Status {
+    fn from(error: SandboxError) -> Status {
+        let code = match &error {
+            SandboxError::Image(e) => image_code(e),
+            SandboxError::InvalidArgument { .. } | SandboxError::Spec(_) => Code::InvalidArgument,
+            SandboxError::NotFound { .. } => Code::NotFound,
+            SandboxError::AlreadyExists(_) => Code::AlreadyExists,
+            SandboxError::FailedPrecondition(_) => Code::FailedPrecondition,
+            SandboxError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            SandboxError::Shim(_) => Code::Unavailable,
+            SandboxError::Cni(_) | SandboxError::Netns(_) | SandboxError::Store(_) | SandboxError::Io { .. } => Code::Internal,
         };
         Status::new(code, error.to_string())
     }

@@ -1,0 +1,946 @@
+//! `PodService`: the lifecycle of pod sandboxes and their containers. A pod is a
+//! network namespace with CNI attached, its files (hostname, hosts, resolv.conf,
+//! /dev/shm), one `berth-shim` holding the pause container and every container of
+//! the pod, and a record in the metadata database. Each step that creates
+//! something has its undo, run when a later step fails, so a failed RunPodSandbox
+//! or CreateContainer leaves nothing behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rand::RngCore;
+
+use super::cni::{Cni, CniSettings, PodNetwork};
+use super::error::SandboxError;
+use super::model::*;
+use super::{files, netns, rootfs};
+use crate::config::Config;
+use crate::images::ImageService;
+use crate::images::manifest::ImageConfig;
+use crate::oci::{self, ContainerSpec, HostFacts, ImageDefaults, Resources, SandboxContext};
+use crate::shim::{CreateTask, ExecOutput, ShimClient, SpawnOptions, Stats, TaskStatus};
+use crate::store::{Kind, Store};
+
+/// /dev/shm of a pod, as Docker and containerd size it.
+const SHM_SIZE: u64 = 64 * 1024 * 1024;
+/// How long a SIGKILLed container may take to be reaped before StopContainer
+/// reports failure instead of hanging kubelet.
+const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CGROUP_PARENT: &str = "/berth";
+
+#[derive(Clone)]
+pub struct PodService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    images: ImageService,
+    config: Config,
+    shim_binary: PathBuf,
+    host: HostFacts,
+    cni: Mutex<Result<Arc<Cni>, String>>,
+    shims: tokio::sync::Mutex<HashMap<String, Arc<ShimClient>>>,
+    /// Serialises changes to one pod's or container's record: the exit watcher,
+    /// stop and remove all write the same record.
+    records: tokio::sync::Mutex<()>,
+}
+
+/// Undo steps of a half-built pod or container, run in reverse when a later step
+/// fails. Each step is a future that has not started yet.
+struct Rollback {
+    steps: Vec<(&'static str, BoxFuture<'static, ()>)>,
+}
+
+impl Rollback {
+    fn new() -> Self {
+        Rollback { steps: Vec::new() }
+    }
+
+    fn push(&mut self, what: &'static str, undo: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.steps.push((what, Box::pin(undo)));
+    }
+
+    /// Runs `build` and undoes its steps if it fails.
+    async fn guard<T>(mut self, build: impl AsyncFnOnce(&mut Rollback) -> Result<T, SandboxError>) -> Result<T, SandboxError> {
+        let result = build(&mut self).await;
+        if result.is_err() {
+            while let Some((what, undo)) = self.steps.pop() {
+                tracing::debug!(step = what, "rolling back");
+                undo.await;
+            }
+        }
+        result
+    }
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl PodService {
+    pub async fn open(config: &Config, store: Arc<Store>, images: ImageService) -> Result<PodService, SandboxError> {
+        let shim_binary = match &config.runtime.shim {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()
+                .map_err(SandboxError::io("locating berthd's own binary"))?
+                .with_file_name("berth-shim"),
+        };
+        let cni = load_cni(config);
+        let service = PodService {
+            inner: Arc::new(Inner {
+                store,
+                images,
+                config: config.clone(),
+                shim_binary,
+                host: HostFacts::detect(),
+                cni: Mutex::new(cni),
+                shims: Default::default(),
+                records: Default::default(),
+            }),
+        };
+        service.recover().await?;
+        Ok(service)
+    }
+
+    /// Whether pods can get a network; the reason when not.
+    pub fn network_status(&self) -> Result<(), String> {
+        self.cni().map(|_| ())
+    }
+
+    fn cni(&self) -> Result<Arc<Cni>, String> {
+        let mut cni = self.inner.cni.lock().expect("cni poisoned");
+        if cni.is_err() {
+            *cni = load_cni(&self.inner.config);
+        }
+        cni.clone()
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.inner.config.state.join("pods").join(id)
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.inner.config.state.join("containers").join(id)
+    }
+
+    // ---- lookups -------------------------------------------------------------
+
+    pub fn pods(&self) -> Result<Vec<PodRecord>, SandboxError> {
+        Ok(self.inner.store.list::<PodRecord>(Kind::Pod)?.into_iter().map(|(_, p)| p).collect())
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, SandboxError> {
+        Ok(self.inner.store.list::<ContainerRecord>(Kind::Container)?.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// The pod `id` names: the full id or a unique prefix, as crictl accepts.
+    pub fn pod(&self, id: &str) -> Result<Option<PodRecord>, SandboxError> {
+        if let Some(pod) = self.inner.store.get::<PodRecord>(Kind::Pod, id)? {
+            return Ok(Some(pod));
+        }
+        Ok(unique_prefix(self.pods()?, id, |p| &p.id))
+    }
+
+    pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>, SandboxError> {
+        if let Some(c) = self.inner.store.get::<ContainerRecord>(Kind::Container, id)? {
+            return Ok(Some(c));
+        }
+        Ok(unique_prefix(self.containers()?, id, |c| &c.id))
+    }
+
+    fn require_pod(&self, id: &str) -> Result<PodRecord, SandboxError> {
+        self.pod(id)?.ok_or_else(|| SandboxError::NotFound { kind: "pod sandbox", id: id.to_string() })
+    }
+
+    fn require_container(&self, id: &str) -> Result<ContainerRecord, SandboxError> {
+        self.container(id)?.ok_or_else(|| SandboxError::NotFound { kind: "container", id: id.to_string() })
+    }
+
+    async fn shim(&self, pod_id: &str) -> Result<Arc<ShimClient>, SandboxError> {
+        let mut shims = self.inner.shims.lock().await;
+        if let Some(shim) = shims.get(pod_id) {
+            return Ok(shim.clone());
+        }
+        let shim = Arc::new(ShimClient::connect(&self.pod_dir(pod_id)).await?);
+        shims.insert(pod_id.to_string(), shim.clone());
+        Ok(shim)
+    }
+
+    // ---- pods ----------------------------------------------------------------
+
+    pub async fn run_pod(&self, config: PodConfig) -> Result<String, SandboxError> {
+        validate_pod(&config)?;
+        for pod in self.pods()? {
+            let c = &pod.config;
+            if c.name == config.name && c.namespace == config.namespace && c.uid == config.uid && c.attempt == config.attempt
+            {
+                return Err(SandboxError::AlreadyExists(format!(
+                    "pod sandbox {}/{} (uid {}, attempt {}) already exists as {}",
+                    c.namespace, c.name, c.uid, c.attempt, pod.id
+                )));
+            }
+        }
+        let handler_name = if config.runtime_handler.is_empty() {
+            self.inner.config.runtime.default_handler.clone()
+        } else {
+            config.runtime_handler.clone()
+        };
+        let handlers = self.inner.config.runtime.effective_handlers();
+        let handler = handlers
+            .get(&handler_name)
+            .ok_or_else(|| SandboxError::invalid("runtime_handler", format!("no runtime handler named {handler_name:?}")))?
+            .clone();
+
+        let id = new_id();
+        Rollback::new().guard(async |rollback| self.build_pod(id, config, handler_name, handler, rollback).await).await
+    }
+
+    async fn build_pod(
+        &self,
+        id: String,
+        config: PodConfig,
+        handler_name: String,
+        handler: crate::config::RuntimeHandler,
+        rollback: &mut Rollback,
+    ) -> Result<String, SandboxError> {
+        let pod_dir = self.pod_dir(&id);
+        std::fs::create_dir_all(&pod_dir).map_err(SandboxError::io(format!("creating {}", pod_dir.display())))?;
+        {
+            let dir = pod_dir.clone();
+            rollback.push("pod dir", async move { drop(std::fs::remove_dir_all(dir)) });
+        }
+
+        // Network first: the namespace and CNI, whose address goes into /etc/hosts.
+        let mut netns_path = None;
+        let mut ips = Vec::new();
+        if config.network == NamespaceMode::Pod {
+            let cni = self.cni().map_err(SandboxError::FailedPrecondition)?;
+            let path = pod_dir.join("netns");
+            netns::create(&path)?;
+            {
+                let path = path.clone();
+                rollback.push("netns", async move {
+                    if let Err(e) = netns::remove(&path) {
+                        tracing::warn!(error = %e, "removing network namespace");
+                    }
+                });
+            }
+            let ports: Vec<_> = config.port_mappings.iter().map(PortMappingRecord::to_cni).collect();
+            let network = PodNetwork {
+                id: &id,
+                name: &config.name,
+                namespace: &config.namespace,
+                uid: &config.uid,
+                netns: &path,
+                port_mappings: &ports,
+            };
+            let status = cni.add(&network).await?;
+            {
+                let (cni, id, config, path) = (cni.clone(), id.clone(), config.clone(), path.clone());
+                rollback.push("cni", async move {
+                    let ports: Vec<_> = config.port_mappings.iter().map(PortMappingRecord::to_cni).collect();
+                    let network = PodNetwork {
+                        id: &id,
+                        name: &config.name,
+                        namespace: &config.namespace,
+                        uid: &config.uid,
+                        netns: &path,
+                        port_mappings: &ports,
+                    };
+                    if let Err(e) = cni.del(&network, None).await {
+                        tracing::warn!(error = %e, "CNI DEL while rolling back");
+                    }
+                });
+            }
+            ips = status.ips.iter().map(|ip| ip.to_string()).collect();
+            netns_path = Some(path);
+        }
+
+        let hostname = if config.hostname.is_empty() { config.name.clone() } else { config.hostname.clone() };
+        let primary_ip = ips.first().and_then(|ip| ip.parse().ok());
+        let io = |what: &str| SandboxError::io(format!("writing the pod's {what}"));
+        files::write_hostname(&pod_dir, &hostname).map_err(io("hostname"))?;
+        files::write_hosts(&pod_dir, &hostname, primary_ip).map_err(io("hosts file"))?;
+        let dns = config.dns.as_ref().map(files::DnsConfig::from);
+        files::write_resolv_conf(&pod_dir, dns.as_ref()).map_err(io("resolv.conf"))?;
+        if config.ipc == NamespaceMode::Pod {
+            files::mount_shm(&pod_dir, SHM_SIZE).map_err(io("/dev/shm"))?;
+            let dir = pod_dir.clone();
+            rollback.push("shm", async move { drop(files::unmount_shm(&dir)) });
+        }
+
+        // The pause container holds the IPC/UTS/PID namespaces in a shim of its own.
+        let sandbox_image = self.inner.config.sandbox_image.clone();
+        let image_id = match self.inner.images.status(&sandbox_image)? {
+            Some(image) => image.id,
+            None => self.inner.images.pull(&sandbox_image, None).await?,
+        };
+        let image_config = self.inner.images.image_config(&image_id)?;
+        let cgroup_parent =
+            if config.cgroup_parent.is_empty() { format!("{DEFAULT_CGROUP_PARENT}/{id}") } else { config.cgroup_parent.clone() };
+        let shim = ShimClient::spawn(&SpawnOptions {
+            shim_binary: self.inner.shim_binary.clone(),
+            pod_id: id.clone(),
+            state_dir: pod_dir.clone(),
+            runtime_binary: handler.path.clone(),
+            runtime_root: handler
+                .root
+                .clone()
+                .unwrap_or_else(|| self.inner.config.state.join("runtime").join(&handler_name)),
+        })
+        .await?;
+        let shim = Arc::new(shim);
+        {
+            let shim = shim.clone();
+            rollback.push("shim", async move {
+                if let Err(e) = shim.kill_and_shutdown().await {
+                    tracing::warn!(error = %e, "stopping the shim while rolling back");
+                }
+            });
+        }
+        let context = SandboxContext {
+            netns_path: netns_path.clone(),
+            pause_pid: None,
+            hostname: hostname.clone(),
+            hostname_path: pod_dir.join("hostname"),
+            hosts_path: pod_dir.join("hosts"),
+            resolv_conf_path: pod_dir.join("resolv.conf"),
+            shm_path: (config.ipc == NamespaceMode::Pod).then(|| pod_dir.join("shm")),
+            cgroup_parent: cgroup_parent.clone(),
+            pod_labels: config.labels.clone(),
+            pod_annotations: config.annotations.clone(),
+            host_pid: config.pid == NamespaceMode::Node,
+            host_ipc: config.ipc == NamespaceMode::Node,
+            sysctls: config.sysctls.clone(),
+        };
+        let defaults = image_defaults(&image_config);
+        let command: Vec<String> =
+            defaults.entrypoint.iter().chain(defaults.cmd.iter()).cloned().collect();
+        let bundle = self.prepare_bundle(&id, &image_id, rollback, |rootfs| {
+            oci::sandbox_spec(&context, &defaults, rootfs, &command).map_err(Into::into)
+        })?;
+        let pid = shim.create(CreateTask { id: id.clone(), bundle, terminal: false, stdin: false, log_path: None }).await?;
+        shim.start(&id).await?;
+
+        let record = PodRecord {
+            id: id.clone(),
+            config,
+            state: PodState::Ready,
+            created_at_nanos: now_nanos(),
+            ips,
+            netns: netns_path,
+            pause_pid: Some(pid),
+            cgroup_parent,
+            handler: handler_name,
+        };
+        self.inner.store.put(Kind::Pod, &id, &record)?;
+        self.inner.shims.lock().await.insert(id.clone(), shim);
+        tracing::info!(pod = %id, name = %record.config.name, namespace = %record.config.namespace, "pod sandbox running");
+        Ok(id)
+    }
+
+    /// Mounts the overlay root filesystem of `owner` over `image_id` and writes the
+    /// bundle's config.json from `spec`. Returns the bundle directory.
+    fn prepare_bundle(
+        &self,
+        owner: &str,
+        image_id: &str,
+        rollback: &mut Rollback,
+        spec: impl FnOnce(&Path) -> Result<oci_spec::runtime::Spec, SandboxError>,
+    ) -> Result<PathBuf, SandboxError> {
+        let dir = self.container_dir(owner);
+        let bundle = dir.join("bundle");
+        let rootfs_dir = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs_dir).map_err(SandboxError::io(format!("creating {}", rootfs_dir.display())))?;
+        {
+            let dir = dir.clone();
+            rollback.push("bundle dir", async move { drop(std::fs::remove_dir_all(dir)) });
+        }
+        let layers = self.inner.images.prepare_rootfs(owner, image_id)?;
+        {
+            let (images, owner) = (self.inner.images.clone(), owner.to_string());
+            rollback.push("rootfs layers", async move {
+                if let Err(e) = images.release_rootfs(&owner) {
+                    tracing::warn!(error = %e, "releasing a container's layers while rolling back");
+                }
+            });
+        }
+        rootfs::mount(&layers, &rootfs_dir)?;
+        {
+            let rootfs_dir = rootfs_dir.clone();
+            rollback.push("rootfs mount", async move { drop(rootfs::unmount(&rootfs_dir)) });
+        }
+        let spec = spec(&rootfs_dir)?;
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| SandboxError::invalid("spec", e.to_string()))?;
+        write_atomic(&bundle.join("config.json"), &json)?;
+        Ok(bundle)
+    }
+
+    pub async fn stop_pod(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(mut pod) = self.pod(id)? else {
+            // Idempotent, as kubelet retries stops of pods it already cleaned up.
+            return Ok(());
+        };
+        for container in self.containers()?.into_iter().filter(|c| c.pod_id == pod.id) {
+            if matches!(container.state, ContainerState::Running | ContainerState::Created) {
+                self.stop_container_inner(&container.id, Some(Duration::ZERO)).await?;
+            }
+        }
+        if let Ok(shim) = self.shim(&pod.id).await {
+            match shim.state(&pod.id).await {
+                Ok(state) if state.status != TaskStatus::Stopped => {
+                    shim.kill(&pod.id, libc::SIGKILL as u32, true).await?;
+                    let _ = tokio::time::timeout(KILL_REAP_TIMEOUT, shim.wait(&pod.id)).await;
+                }
+                _ => {}
+            }
+        }
+        let pod_dir = self.pod_dir(&pod.id);
+        if let Some(netns_path) = &pod.netns {
+            if let Ok(cni) = self.cni() {
+                let ports: Vec<_> = pod.config.port_mappings.iter().map(PortMappingRecord::to_cni).collect();
+                let network = PodNetwork {
+                    id: &pod.id,
+                    name: &pod.config.name,
+                    namespace: &pod.config.namespace,
+                    uid: &pod.config.uid,
+                    netns: netns_path,
+                    port_mappings: &ports,
+                };
+                cni.del(&network, None).await?;
+            }
+            netns::remove(netns_path)?;
+        }
+        files::unmount_shm(&pod_dir).map_err(SandboxError::io("unmounting the pod's /dev/shm"))?;
+        if pod.state != PodState::NotReady {
+            pod.state = PodState::NotReady;
+            self.inner.store.put(Kind::Pod, &pod.id, &pod)?;
+            tracing::info!(pod = %pod.id, "pod sandbox stopped");
+        }
+        Ok(())
+    }
+
+    pub async fn remove_pod(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(pod) = self.pod(id)? else { return Ok(()) };
+        self.stop_pod(&pod.id).await?;
+        for container in self.containers()?.into_iter().filter(|c| c.pod_id == pod.id) {
+            self.remove_container(&container.id).await?;
+        }
+        if let Ok(shim) = self.shim(&pod.id).await {
+            let _ = shim.delete(&pod.id).await;
+            if let Err(e) = shim.kill_and_shutdown().await {
+                tracing::warn!(pod = %pod.id, error = %e, "shim shutdown");
+            }
+        }
+        self.inner.shims.lock().await.remove(&pod.id);
+        self.remove_bundle(&pod.id)?;
+        let pod_dir = self.pod_dir(&pod.id);
+        if pod_dir.exists() {
+            std::fs::remove_dir_all(&pod_dir).map_err(SandboxError::io(format!("removing {}", pod_dir.display())))?;
+        }
+        self.inner.store.delete(Kind::Pod, &pod.id)?;
+        tracing::info!(pod = %pod.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    fn remove_bundle(&self, owner: &str) -> Result<(), SandboxError> {
+        let dir = self.container_dir(owner);
+        rootfs::unmount(&dir.join("bundle").join("rootfs"))?;
+        self.inner.images.release_rootfs(owner)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(SandboxError::io(format!("removing {}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    // ---- containers ----------------------------------------------------------
+
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        name: String,
+        attempt: u32,
+        image: String,
+        log_path: Option<PathBuf>,
+        spec: ContainerSpec,
+    ) -> Result<String, SandboxError> {
+        let pod = self.require_pod(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(SandboxError::FailedPrecondition(format!("pod sandbox {} is not ready", pod.id)));
+        }
+        if name.is_empty() {
+            return Err(SandboxError::invalid("config.metadata.name", "must not be empty"));
+        }
+        for c in self.containers()?.into_iter().filter(|c| c.pod_id == pod.id) {
+            if c.name == name && c.attempt == attempt {
+                return Err(SandboxError::AlreadyExists(format!(
+                    "container {name} (attempt {attempt}) already exists in pod {} as {}",
+                    pod.id, c.id
+                )));
+            }
+        }
+        let image_summary = self
+            .inner
+            .images
+            .status(&image)?
+            .ok_or_else(|| SandboxError::NotFound { kind: "image", id: image.clone() })?;
+        let image_config = self.inner.images.image_config(&image_summary.id)?;
+        let log_path = match (&pod.config.log_directory, log_path) {
+            (Some(dir), Some(path)) if !path.as_os_str().is_empty() => Some(dir.join(path)),
+            _ => None,
+        };
+
+        let id = new_id();
+        Rollback::new()
+            .guard(async |rollback| {
+                self.build_container(id, pod, name, attempt, image, image_summary.id, image_config, log_path, spec, rollback)
+                    .await
+            })
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_container(
+        &self,
+        id: String,
+        pod: PodRecord,
+        name: String,
+        attempt: u32,
+        image: String,
+        image_id: String,
+        image_config: ImageConfig,
+        log_path: Option<PathBuf>,
+        spec: ContainerSpec,
+        rollback: &mut Rollback,
+    ) -> Result<String, SandboxError> {
+        let defaults = image_defaults(&image_config);
+        let context = self.sandbox_context(&pod);
+        let host = self.inner.host.clone();
+        let bundle = self.prepare_bundle(&id, &image_id, rollback, |rootfs| {
+            oci::container_spec(&id, &context, &spec, &defaults, rootfs, &host).map_err(Into::into)
+        })?;
+        if let Some(parent) = log_path.as_ref().and_then(|p| p.parent()) {
+            std::fs::create_dir_all(parent).map_err(SandboxError::io(format!("creating {}", parent.display())))?;
+        }
+        let shim = self.shim(&pod.id).await?;
+        let pid = shim
+            .create(CreateTask {
+                id: id.clone(),
+                bundle,
+                terminal: spec.tty,
+                stdin: spec.stdin,
+                log_path: log_path.clone(),
+            })
+            .await?;
+        {
+            let (shim, id) = (shim.clone(), id.clone());
+            rollback.push("task", async move { drop(shim.delete(&id).await) });
+        }
+        let record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            name,
+            attempt,
+            image,
+            image_id,
+            spec,
+            log_path,
+            state: ContainerState::Created,
+            created_at_nanos: now_nanos(),
+            started_at_nanos: 0,
+            finished_at_nanos: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: Some(pid),
+            stop_signal: image_config.config.as_ref().and_then(|c| c.stop_signal.clone()),
+        };
+        self.inner.store.put(Kind::Container, &id, &record)?;
+        tracing::info!(container = %id, pod = %pod.id, name = %record.name, "container created");
+        Ok(id)
+    }
+
+    fn sandbox_context(&self, pod: &PodRecord) -> SandboxContext {
+        let dir = self.pod_dir(&pod.id);
+        let hostname = if pod.config.hostname.is_empty() { pod.config.name.clone() } else { pod.config.hostname.clone() };
+        SandboxContext {
+            netns_path: pod.netns.clone(),
+            pause_pid: pod.pause_pid,
+            hostname,
+            hostname_path: dir.join("hostname"),
+            hosts_path: dir.join("hosts"),
+            resolv_conf_path: dir.join("resolv.conf"),
+            shm_path: (pod.config.ipc == NamespaceMode::Pod).then(|| dir.join("shm")),
+            cgroup_parent: pod.cgroup_parent.clone(),
+            pod_labels: pod.config.labels.clone(),
+            pod_annotations: pod.config.annotations.clone(),
+            host_pid: pod.config.pid == NamespaceMode::Node,
+            host_ipc: pod.config.ipc == NamespaceMode::Node,
+            sysctls: pod.config.sysctls.clone(),
+        }
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), SandboxError> {
+        let container = self.require_container(id)?;
+        if container.state != ContainerState::Created {
+            return Err(SandboxError::FailedPrecondition(format!(
+                "container {} is {:?}, not Created",
+                container.id, container.state
+            )));
+        }
+        let shim = self.shim(&container.pod_id).await?;
+        let pid = shim.start(&container.id).await?;
+        {
+            let _guard = self.inner.records.lock().await;
+            let mut record = self.require_container(&container.id)?;
+            record.state = ContainerState::Running;
+            record.started_at_nanos = now_nanos();
+            record.pid = Some(pid);
+            self.inner.store.put(Kind::Container, &record.id, &record)?;
+        }
+        self.watch_exit(container.pod_id.clone(), container.id.clone());
+        tracing::info!(container = %container.id, pid, "container started");
+        Ok(())
+    }
+
+    /// Records the container's exit when its process ends, whenever that is.
+    fn watch_exit(&self, pod_id: String, id: String) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let exit = match service.shim(&pod_id).await {
+                Ok(shim) => shim.wait(&id).await,
+                Err(e) => Err(match e {
+                    SandboxError::Shim(e) => e,
+                    other => {
+                        tracing::warn!(container = %id, error = %other, "cannot watch container");
+                        return;
+                    }
+                }),
+            };
+            if let Err(e) = service.record_exit(&id, exit).await {
+                tracing::warn!(container = %id, error = %e, "recording container exit");
+            }
+        });
+    }
+
+    async fn record_exit(&self, id: &str, exit: Result<crate::shim::Exit, crate::shim::ShimError>) -> Result<(), SandboxError> {
+        let _guard = self.inner.records.lock().await;
+        let Some(mut record) = self.inner.store.get::<ContainerRecord>(Kind::Container, id)? else { return Ok(()) };
+        if record.state == ContainerState::Exited {
+            return Ok(());
+        }
+        match exit {
+            Ok(exit) => {
+                record.state = ContainerState::Exited;
+                record.exit_code = exit.code;
+                record.finished_at_nanos = nanos(exit.exited_at);
+                record.reason = if exit.oom_killed {
+                    "OOMKilled"
+                } else if exit.code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .to_string();
+                tracing::info!(container = %id, code = exit.code, reason = %record.reason, "container exited");
+            }
+            Err(e) => {
+                // The shim is gone: nobody can say how the container ended.
+                record.state = ContainerState::Unknown;
+                record.reason = "Unknown".into();
+                record.message = format!("lost contact with the pod's shim: {e}");
+                record.finished_at_nanos = now_nanos();
+                tracing::warn!(container = %id, error = %e, "container state unknown");
+            }
+        }
+        self.inner.store.put(Kind::Container, id, &record)?;
+        Ok(())
+    }
+
+    /// Sends the stop signal, waits `timeout` (0: the configured grace period),
+    /// then SIGKILLs every process of the container.
+    pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
+        let timeout = if timeout.is_zero() {
+            Duration::from_secs(self.inner.config.runtime.stop_grace_period)
+        } else {
+            timeout
+        };
+        self.stop_container_inner(id, Some(timeout)).await
+    }
+
+    async fn stop_container_inner(&self, id: &str, timeout: Option<Duration>) -> Result<(), SandboxError> {
+        let container = self.require_container(id)?;
+        let shim = self.shim(&container.pod_id).await?;
+        match container.state {
+            ContainerState::Exited | ContainerState::Unknown => return Ok(()),
+            ContainerState::Created => {
+                // Never started: nothing to signal; it simply ends.
+                self.record_exit(&container.id, Ok(crate::shim::Exit { code: 0, exited_at: std::time::SystemTime::now(), oom_killed: false }))
+                    .await?;
+                return Ok(());
+            }
+            ContainerState::Running => {}
+        }
+        let grace = timeout.unwrap_or_default();
+        if !grace.is_zero() {
+            let signal = container.stop_signal.as_deref().map(parse_signal).transpose()?.unwrap_or(libc::SIGTERM);
+            tracing::info!(container = %container.id, signal, grace_s = grace.as_secs(), "stopping container");
+            shim.kill(&container.id, signal as u32, false).await?;
+            if let Ok(exit) = tokio::time::timeout(grace, shim.wait(&container.id)).await {
+                return self.record_exit(&container.id, exit).await;
+            }
+            tracing::info!(container = %container.id, "grace period over, sending SIGKILL");
+        }
+        shim.kill(&container.id, libc::SIGKILL as u32, true).await?;
+        match tokio::time::timeout(KILL_REAP_TIMEOUT, shim.wait(&container.id)).await {
+            Ok(exit) => self.record_exit(&container.id, exit).await,
+            Err(_) => Err(SandboxError::DeadlineExceeded(format!(
+                "container {} did not exit within {}s of SIGKILL",
+                container.id,
+                KILL_REAP_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(container) = self.container(id)? else { return Ok(()) };
+        if container.state == ContainerState::Running {
+            self.stop_container_inner(&container.id, None).await?;
+        }
+        if let Ok(shim) = self.shim(&container.pod_id).await {
+            if let Err(e) = shim.delete(&container.id).await {
+                tracing::debug!(container = %container.id, error = %e, "task delete");
+            }
+        }
+        self.remove_bundle(&container.id)?;
+        if let Some(log) = &container.log_path {
+            let _ = std::fs::remove_file(log);
+        }
+        self.inner.store.delete(Kind::Container, &container.id)?;
+        tracing::info!(container = %container.id, "container removed");
+        Ok(())
+    }
+
+    pub async fn exec_sync(&self, id: &str, cmd: &[String], timeout: Option<Duration>) -> Result<ExecOutput, SandboxError> {
+        let container = self.require_container(id)?;
+        if container.state != ContainerState::Running {
+            return Err(SandboxError::FailedPrecondition(format!("container {} is not running", container.id)));
+        }
+        if cmd.is_empty() {
+            return Err(SandboxError::invalid("cmd", "must not be empty"));
+        }
+        let spec = self.read_spec(&container.id)?;
+        let process = oci::exec_process(&spec, cmd, false)?;
+        let shim = self.shim(&container.pod_id).await?;
+        Ok(shim.exec_sync(&container.id, &process, timeout).await?)
+    }
+
+    pub async fn update_resources(&self, id: &str, resources: Resources) -> Result<(), SandboxError> {
+        let container = self.require_container(id)?;
+        let linux = oci::linux_resources(&resources, &self.inner.host)?;
+        let shim = self.shim(&container.pod_id).await?;
+        shim.update(&container.id, &linux).await?;
+        let _guard = self.inner.records.lock().await;
+        let mut record = self.require_container(&container.id)?;
+        record.spec.resources = resources;
+        self.inner.store.put(Kind::Container, &record.id, &record)?;
+        Ok(())
+    }
+
+    pub async fn container_stats(&self, id: &str) -> Result<(ContainerRecord, Option<Stats>, (u64, u64)), SandboxError> {
+        let container = self.require_container(id)?;
+        let stats = match container.state {
+            ContainerState::Running => Some(self.shim(&container.pod_id).await?.stats(&container.id).await?),
+            _ => None,
+        };
+        let writable = self.inner.images.writable_usage(&container.id)?;
+        Ok((container, stats, writable))
+    }
+
+    pub async fn pod_stats(&self, id: &str) -> Result<(PodRecord, Option<Stats>), SandboxError> {
+        let pod = self.require_pod(id)?;
+        let stats = match pod.state {
+            PodState::Ready => Some(self.shim(&pod.id).await?.stats(&pod.id).await?),
+            PodState::NotReady => None,
+        };
+        Ok((pod, stats))
+    }
+
+    /// Reopens a container's log after kubelet rotated it.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), SandboxError> {
+        let container = self.require_container(id)?;
+        if container.state != ContainerState::Running {
+            return Err(SandboxError::FailedPrecondition(format!("container {} is not running", container.id)));
+        }
+        let shim = self.shim(&container.pod_id).await?;
+        Ok(shim.reopen_log(&container.id).await?)
+    }
+
+    fn read_spec(&self, id: &str) -> Result<oci_spec::runtime::Spec, SandboxError> {
+        let path = self.container_dir(id).join("bundle").join("config.json");
+        let bytes = std::fs::read(&path).map_err(SandboxError::io(format!("reading {}", path.display())))?;
+        serde_json::from_slice(&bytes).map_err(|e| SandboxError::invalid("config.json", e.to_string()))
+    }
+
+    // ---- restart -------------------------------------------------------------
+
+    /// After a berthd restart: reconnect to every live pod's shim, learn how the
+    /// containers fared meanwhile, watch the running ones again, and stop shims
+    /// whose pods no record names.
+    async fn recover(&self) -> Result<(), SandboxError> {
+        let pods = self.pods()?;
+        for pod in &pods {
+            if pod.state != PodState::Ready {
+                continue;
+            }
+            if let Err(e) = self.shim(&pod.id).await {
+                tracing::warn!(pod = %pod.id, error = %e, "pod's shim is gone; marking the pod not ready");
+                let mut pod = pod.clone();
+                pod.state = PodState::NotReady;
+                self.inner.store.put(Kind::Pod, &pod.id, &pod)?;
+            }
+        }
+        for container in self.containers()? {
+            if container.state != ContainerState::Running {
+                continue;
+            }
+            match self.shim(&container.pod_id).await {
+                Ok(shim) => match shim.state(&container.id).await {
+                    Ok(state) if state.status == TaskStatus::Stopped => {
+                        let exit = state.exit.ok_or_else(|| crate::shim::ShimError::Gone("no exit status".into()));
+                        self.record_exit(&container.id, exit).await?;
+                    }
+                    Ok(_) => self.watch_exit(container.pod_id.clone(), container.id.clone()),
+                    Err(e) => self.record_exit(&container.id, Err(e)).await?,
+                },
+                Err(SandboxError::Shim(e)) => self.record_exit(&container.id, Err(e)).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        let pods_dir = self.inner.config.state.join("pods");
+        if let Ok(entries) = std::fs::read_dir(&pods_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if pods.iter().any(|p| p.id == name) {
+                    continue;
+                }
+                tracing::info!(pod = %name, "cleaning up a shim whose pod was removed");
+                if let Ok(shim) = ShimClient::connect(&entry.path()).await {
+                    let _ = shim.kill_and_shutdown().await;
+                }
+                let _ = netns::remove(&entry.path().join("netns"));
+                let _ = files::unmount_shm(&entry.path());
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn load_cni(config: &Config) -> Result<Arc<Cni>, String> {
+    let settings = CniSettings { conf_dir: config.cni.conf_dir.clone(), bin_dirs: config.cni.bin_dirs.clone() };
+    Cni::load(&settings).map(Arc::new).map_err(|e| e.to_string())
+}
+
+fn unique_prefix<T>(items: Vec<T>, prefix: &str, id: impl Fn(&T) -> &String) -> Option<T> {
+    if prefix.is_empty() {
+        return None;
+    }
+    let mut matches = items.into_iter().filter(|i| id(i).starts_with(prefix));
+    match (matches.next(), matches.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
+    }
+}
+
+fn validate_pod(config: &PodConfig) -> Result<(), SandboxError> {
+    for (field, value) in [("config.metadata.name", &config.name), ("config.metadata.namespace", &config.namespace)] {
+        if value.is_empty() {
+            return Err(SandboxError::invalid(field, "must not be empty"));
+        }
+    }
+    Ok(())
+}
+
+pub fn image_defaults(config: &ImageConfig) -> ImageDefaults {
+    let c = config.config.clone().unwrap_or_default();
+    ImageDefaults {
+        entrypoint: c.entrypoint.unwrap_or_default(),
+        cmd: c.cmd.unwrap_or_default(),
+        env: c.env,
+        working_dir: c.working_dir.unwrap_or_default(),
+        user: c.user.unwrap_or_default(),
+        stop_signal: c.stop_signal,
+    }
+}
+
+/// `SIGTERM`, `TERM` or `15`, as Docker's STOPSIGNAL accepts.
+fn parse_signal(name: &str) -> Result<i32, SandboxError> {
+    if let Ok(n) = name.parse::<i32>() {
+        return Ok(n);
+    }
+    let bare = name.trim_start_matches("SIG");
+    let signal = match bare {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "WINCH" => libc::SIGWINCH,
+        "STOP" => libc::SIGSTOP,
+        "PWR" => libc::SIGPWR,
+        _ => return Err(SandboxError::invalid("image STOPSIGNAL", format!("unknown signal {name:?}"))),
+    };
+    Ok(signal)
+}
+
+/// Writes a file that must never be seen half-written: temp, fsync, rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let io = SandboxError::io(format!("writing {}", path.display()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&temp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    result.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_parse_as_docker_accepts_them() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("QUIT").unwrap(), libc::SIGQUIT);
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert!(parse_signal("SIGNOPE").is_err());
+    }
+
+    #[test]
+    fn prefixes_must_be_unique() {
+        let ids = vec!["abc1".to_string(), "abd2".to_string()];
+        assert_eq!(unique_prefix(ids.clone(), "abc", |s| s), Some("abc1".to_string()));
+        assert_eq!(unique_prefix(ids.clone(), "ab", |s| s), None);
+        assert_eq!(unique_prefix(ids, "", |s| s), None);
+    }
+}
