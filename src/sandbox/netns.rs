@@ -12,7 +12,7 @@
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -34,8 +34,10 @@ fn step_err(path: &Path, step: &'static str) -> impl FnOnce(io::Error) -> NetnsE
 /// iproute2 prepares `/run/netns`. Namespace bind mounts made below it, and above all
 /// their unmounts, then propagate to mount namespaces copied from ours afterwards as
 /// peers or slaves (systemd services with private mounts): without that, such a copy
-/// would keep an unmounted namespace, its veth and its IP alive. Call it once at start-up for the directory that holds the pods' state
-/// directories; it is idempotent and never stacks a second mount on `dir`.
+/// would keep an unmounted namespace, its veth and its IP alive. Call it once at
+/// start-up for the directory that holds the pods' state directories (where a
+/// namespace's parent is not on a shared mount, every pod directory would otherwise
+/// need to be one); idempotent, it never stacks a second mount on `dir`.
 pub fn prepare_dir(dir: &Path) -> Result<(), NetnsError> {
     fs::create_dir_all(dir).map_err(step_err(dir, "creating the directory"))?;
     let make_shared = || mount(None, dir, None, libc::MS_SHARED | libc::MS_REC, None);
@@ -106,8 +108,8 @@ fn bring_loopback_up() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh descriptor nothing else owns.
-    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = socket.as_raw_fd();
     // SAFETY: ifreq is plain data; all-zero is a valid value (empty name, no flags).
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in request.ifr_name.iter_mut().zip(b"lo") {
