@@ -270,7 +270,7 @@ impl PodService {
             netns_path = Some(path);
         }
 
-        let hostname = if config.hostname.is_empty() { config.name.clone() } else { config.hostname.clone() };
+        let hostname = pod_hostname(&config);
         let primary_ip = ips.first().and_then(|ip| ip.parse().ok());
         let io = |what: &str| SandboxError::io(format!("writing the pod's {what}"));
         files::write_hostname(&pod_dir, &hostname).map_err(io("hostname"))?;
@@ -312,26 +312,12 @@ impl PodService {
                 }
             });
         }
-        let context = SandboxContext {
-            netns_path: netns_path.clone(),
-            pause_pid: None,
-            hostname: hostname.clone(),
-            hostname_path: pod_dir.join("hostname"),
-            hosts_path: pod_dir.join("hosts"),
-            resolv_conf_path: pod_dir.join("resolv.conf"),
-            shm_path: (config.ipc == NamespaceMode::Pod).then(|| pod_dir.join("shm")),
-            cgroup_parent: cgroup_parent.clone(),
-            pod_labels: config.labels.clone(),
-            pod_annotations: config.annotations.clone(),
-            host_pid: config.pid == NamespaceMode::Node,
-            host_ipc: config.ipc == NamespaceMode::Node,
-            sysctls: config.sysctls.clone(),
-        };
+        let context = self.sandbox_context(&id, &config, netns_path.clone(), None, &cgroup_parent);
         let defaults = image_defaults(&image_config);
         let command: Vec<String> =
             defaults.entrypoint.iter().chain(defaults.cmd.iter()).cloned().collect();
         let bundle = self.prepare_bundle(&id, &image_id, rollback, |rootfs| {
-            oci::sandbox_spec(&context, &defaults, rootfs, &command).map_err(Into::into)
+            oci::sandbox_spec(&context, &defaults, rootfs, &command, &self.inner.host).map_err(Into::into)
         })?;
         let pid = shim.create(CreateTask { id: id.clone(), bundle, terminal: false, stdin: false, log_path: None }).await?;
         shim.start(&id).await?;
@@ -528,7 +514,7 @@ impl PodService {
         rollback: &mut Rollback,
     ) -> Result<String, SandboxError> {
         let defaults = image_defaults(&image_config);
-        let context = self.sandbox_context(&pod);
+        let context = self.sandbox_context(&pod.id, &pod.config, pod.netns.clone(), pod.pause_pid, &pod.cgroup_parent);
         let host = self.inner.host.clone();
         let bundle = self.prepare_bundle(&id, &image_id, rollback, |rootfs| {
             oci::container_spec(&id, &context, &spec, &defaults, rootfs, &host).map_err(Into::into)
@@ -574,23 +560,38 @@ impl PodService {
         Ok(id)
     }
 
-    fn sandbox_context(&self, pod: &PodRecord) -> SandboxContext {
-        let dir = self.pod_dir(&pod.id);
-        let hostname = if pod.config.hostname.is_empty() { pod.config.name.clone() } else { pod.config.hostname.clone() };
+    /// What the pod gives its containers (and its pause container, which has no
+    /// pause pid to join yet).
+    fn sandbox_context(
+        &self,
+        id: &str,
+        config: &PodConfig,
+        netns_path: Option<PathBuf>,
+        pause_pid: Option<u32>,
+        cgroup_parent: &str,
+    ) -> SandboxContext {
+        let dir = self.pod_dir(id);
         SandboxContext {
-            netns_path: pod.netns.clone(),
-            pause_pid: pod.pause_pid,
-            hostname,
+            sandbox_id: id.to_string(),
+            pod_name: config.name.clone(),
+            pod_namespace: config.namespace.clone(),
+            pod_uid: config.uid.clone(),
+            netns_path,
+            host_pid: config.pid == NamespaceMode::Node,
+            host_ipc: config.ipc == NamespaceMode::Node,
+            pause_pid,
+            hostname: pod_hostname(config),
             hostname_path: dir.join("hostname"),
             hosts_path: dir.join("hosts"),
             resolv_conf_path: dir.join("resolv.conf"),
-            shm_path: (pod.config.ipc == NamespaceMode::Pod).then(|| dir.join("shm")),
-            cgroup_parent: pod.cgroup_parent.clone(),
-            pod_labels: pod.config.labels.clone(),
-            pod_annotations: pod.config.annotations.clone(),
-            host_pid: pod.config.pid == NamespaceMode::Node,
-            host_ipc: pod.config.ipc == NamespaceMode::Node,
-            sysctls: pod.config.sysctls.clone(),
+            shm_path: (config.ipc == NamespaceMode::Pod).then(|| dir.join("shm")),
+            cgroup_parent: cgroup_parent.to_string(),
+            sysctls: config.sysctls.clone(),
+            privileged: config.privileged,
+            run_as_user: config.run_as_user,
+            run_as_group: config.run_as_group,
+            seccomp: config.seccomp.clone(),
+            pod_annotations: config.annotations.clone(),
         }
     }
 
@@ -865,6 +866,11 @@ fn unique_prefix<T>(items: Vec<T>, prefix: &str, id: impl Fn(&T) -> &String) -> 
         (Some(one), None) => Some(one),
         _ => None,
     }
+}
+
+/// The pod's hostname: as configured, else the pod's name, as kubelet would set it.
+fn pod_hostname(config: &PodConfig) -> String {
+    if config.hostname.is_empty() { config.name.clone() } else { config.hostname.clone() }
 }
 
 fn validate_pod(config: &PodConfig) -> Result<(), SandboxError> {
