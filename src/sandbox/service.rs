@@ -296,7 +296,12 @@ impl PodService {
             shim_binary: self.inner.shim_binary.clone(),
             pod_id: id.clone(),
             state_dir: pod_dir.clone(),
-            runtime_binary: handler.path.clone(),
+            runtime_binary: find_in_path(&handler.path).ok_or_else(|| {
+                SandboxError::FailedPrecondition(format!(
+                    "runtime handler {handler_name:?}: {} not found",
+                    handler.path.display()
+                ))
+            })?,
             runtime_root: handler
                 .root
                 .clone()
@@ -892,6 +897,15 @@ pub fn image_defaults(config: &ImageConfig) -> ImageDefaults {
         user: c.user.unwrap_or_default(),
         stop_signal: c.stop_signal,
     }
+}
+
+/// A bare program name is looked up in `PATH`, as a shell would; a path is kept.
+fn find_in_path(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return Some(program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
 /// `SIGTERM`, `TERM` or `15`, as Docker's STOPSIGNAL accepts.
