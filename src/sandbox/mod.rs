@@ -1,0 +1,14 @@
+//! The pod sandbox room: network namespaces, CNI, the pod's files, container root
+//! filesystems, and the lifecycle of pods and their containers (`PodService`).
+
+pub mod cni;
+pub mod files;
+pub mod model;
+pub mod netns;
+pub mod rootfs;
+
+mod error;
+mod service;
+
+pub use error::SandboxError;
+pub use service::{PodService, image_defaults};
