@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::sandbox::cni::CniSettings;
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -22,27 +24,8 @@ pub struct Config {
     /// How many layer downloads may run at once across all pulls.
     pub max_concurrent_downloads: usize,
     pub registry: RegistryConfig,
-    pub cni: CniConfig,
+    pub cni: CniSettings,
     pub runtime: RuntimeConfig,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CniConfig {
-    /// Where network configs are read from (the lexically first one is used).
-    /// When it holds none, berthd writes a local bridge network there.
-    pub conf_dir: PathBuf,
-    /// Where plugin binaries are looked up, in order.
-    pub bin_dirs: Vec<PathBuf>,
-}
-
-impl Default for CniConfig {
-    fn default() -> Self {
-        CniConfig {
-            conf_dir: PathBuf::from("/etc/cni/net.d"),
-            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -104,7 +87,7 @@ impl Default for Config {
             sandbox_image: "registry.k8s.io/pause:3.10".to_string(),
             max_concurrent_downloads: 3,
             registry: RegistryConfig::default(),
-            cni: CniConfig::default(),
+            cni: CniSettings::default(),
             runtime: RuntimeConfig::default(),
         }
     }

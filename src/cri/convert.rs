@@ -12,9 +12,9 @@ use crate::oci::{
     AppArmor, Device, HugepageLimit, Mount, NamespaceMode as OciNamespaceMode, NamespaceOptions, PidNamespace,
     Propagation, Resources, Seccomp, SecurityContext, SupplementalGroupsPolicy,
 };
-use crate::sandbox::model::{
-    ContainerRecord, ContainerState, DnsConfigRecord, NamespaceMode, PodConfig, PodRecord, PodState, PortMappingRecord,
-};
+use crate::sandbox::cni::{PortMapping, Protocol};
+use crate::sandbox::files::DnsConfig;
+use crate::sandbox::model::{ContainerRecord, ContainerState, NamespaceMode, PodConfig, PodRecord, PodState};
 
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
@@ -88,14 +88,14 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>, runtime_handler: String
     for (i, p) in config.port_mappings.iter().enumerate() {
         let field = |f: &str| format!("config.port_mappings[{i}].{f}");
         let protocol = match cri::Protocol::try_from(p.protocol) {
-            Ok(cri::Protocol::Tcp) => "tcp",
-            Ok(cri::Protocol::Udp) => "udp",
-            Ok(cri::Protocol::Sctp) => "sctp",
+            Ok(cri::Protocol::Tcp) => Protocol::Tcp,
+            Ok(cri::Protocol::Udp) => Protocol::Udp,
+            Ok(cri::Protocol::Sctp) => Protocol::Sctp,
             Err(_) => return Err(invalid(&field("protocol"), format!("unknown protocol {}", p.protocol))),
         };
         let port = |v: i32, f: &str| u16::try_from(v).map_err(|_| invalid(&field(f), format!("{v} is not a port")));
-        port_mappings.push(PortMappingRecord {
-            protocol: protocol.into(),
+        port_mappings.push(PortMapping {
+            protocol,
             container_port: port(p.container_port, "container_port")?,
             host_port: port(p.host_port, "host_port")?,
             host_ip: p.host_ip.clone(),
@@ -108,7 +108,7 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>, runtime_handler: String
         attempt: metadata.attempt,
         hostname: config.hostname,
         log_directory: (!config.log_directory.is_empty()).then(|| PathBuf::from(config.log_directory)),
-        dns: config.dns_config.map(|d| DnsConfigRecord { servers: d.servers, searches: d.searches, options: d.options }),
+        dns: config.dns_config.map(|d| DnsConfig { servers: d.servers, searches: d.searches, options: d.options }),
         port_mappings,
         labels: sorted(config.labels),
         annotations: sorted(config.annotations),

@@ -27,7 +27,7 @@ const MAX_HOSTNAME_LEN: usize = 64;
 const MAX_LABEL_LEN: usize = 63;
 
 /// The DNS settings of a pod (CRI `DNSConfig`), written as its `resolv.conf`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DnsConfig {
     pub servers: Vec<String>,
     pub searches: Vec<String>,

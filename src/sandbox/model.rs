@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::cni::{PortMapping, Protocol};
+use super::cni::{NetworkStatus, PortMapping};
 use super::files::DnsConfig;
 use crate::oci::{ContainerSpec, Seccomp};
 
@@ -27,8 +27,8 @@ pub struct PodConfig {
     pub attempt: u32,
     pub hostname: String,
     pub log_directory: Option<PathBuf>,
-    pub dns: Option<DnsConfigRecord>,
-    pub port_mappings: Vec<PortMappingRecord>,
+    pub dns: Option<DnsConfig>,
+    pub port_mappings: Vec<PortMapping>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// cgroupfs parent as kubelet gives it; empty means berth's own `/berth`.
@@ -45,41 +45,6 @@ pub struct PodConfig {
     pub seccomp: Seccomp,
 }
 
-/// Serialisable copies of the CNI and files types, so their modules stay free of
-/// storage concerns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DnsConfigRecord {
-    pub servers: Vec<String>,
-    pub searches: Vec<String>,
-    pub options: Vec<String>,
-}
-
-impl From<&DnsConfigRecord> for DnsConfig {
-    fn from(d: &DnsConfigRecord) -> Self {
-        DnsConfig { servers: d.servers.clone(), searches: d.searches.clone(), options: d.options.clone() }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PortMappingRecord {
-    /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
-    pub container_port: u16,
-    pub host_port: u16,
-    pub host_ip: String,
-}
-
-impl PortMappingRecord {
-    pub fn to_cni(&self) -> PortMapping {
-        let protocol = match self.protocol.as_str() {
-            "udp" => Protocol::Udp,
-            "sctp" => Protocol::Sctp,
-            _ => Protocol::Tcp,
-        };
-        PortMapping { protocol, container_port: self.container_port, host_port: self.host_port, host_ip: self.host_ip.clone() }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PodState {
     Ready,
@@ -94,6 +59,8 @@ pub struct PodRecord {
     pub created_at_nanos: i64,
     /// The pod's addresses as CNI reported them, primary first.
     pub ips: Vec<String>,
+    /// CNI's ADD result, handed back to CHECK and DEL as the spec asks.
+    pub network: Option<NetworkStatus>,
     /// The network namespace's bind mount; None for host-network pods.
     pub netns: Option<PathBuf>,
     /// The pause process holding the pod's IPC/UTS/PID namespaces.

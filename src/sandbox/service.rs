@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use rand::RngCore;
 
-use super::cni::{Cni, CniSettings, PodNetwork};
+use super::cni::{Cni, PodNetwork};
 use super::error::SandboxError;
 use super::model::*;
 use super::{files, netns, rootfs};
@@ -99,6 +99,9 @@ impl PodService {
                 .map_err(SandboxError::io("locating berthd's own binary"))?
                 .with_file_name("berth-shim"),
         };
+        let pods_dir = config.state.join("pods");
+        std::fs::create_dir_all(&pods_dir).map_err(SandboxError::io(format!("creating {}", pods_dir.display())))?;
+        netns::prepare_dir(&pods_dir)?;
         let cni = load_cni(config);
         let service = PodService {
             inner: Arc::new(Inner {
@@ -226,11 +229,16 @@ impl PodService {
 
         // Network first: the namespace and CNI, whose address goes into /etc/hosts.
         let mut netns_path = None;
+        let mut network = None;
         let mut ips = Vec::new();
         if config.network == NamespaceMode::Pod {
             let cni = self.cni().map_err(SandboxError::FailedPrecondition)?;
             let path = pod_dir.join("netns");
-            netns::create(&path)?;
+            // Creating a namespace parks a thread in it; keep that off the runtime's workers.
+            let target = path.clone();
+            tokio::task::spawn_blocking(move || netns::create(&target))
+                .await
+                .map_err(|e| SandboxError::FailedPrecondition(format!("network namespace task: {e}")))??;
             {
                 let path = path.clone();
                 rollback.push("netns", async move {
@@ -239,34 +247,17 @@ impl PodService {
                     }
                 });
             }
-            let ports: Vec<_> = config.port_mappings.iter().map(PortMappingRecord::to_cni).collect();
-            let network = PodNetwork {
-                id: &id,
-                name: &config.name,
-                namespace: &config.namespace,
-                uid: &config.uid,
-                netns: &path,
-                port_mappings: &ports,
-            };
-            let status = cni.add(&network).await?;
+            let status = cni.add(&pod_network(&id, &config, &path)).await?;
             {
-                let (cni, id, config, path) = (cni.clone(), id.clone(), config.clone(), path.clone());
+                let (cni, id, config, path, status) = (cni.clone(), id.clone(), config.clone(), path.clone(), status.clone());
                 rollback.push("cni", async move {
-                    let ports: Vec<_> = config.port_mappings.iter().map(PortMappingRecord::to_cni).collect();
-                    let network = PodNetwork {
-                        id: &id,
-                        name: &config.name,
-                        namespace: &config.namespace,
-                        uid: &config.uid,
-                        netns: &path,
-                        port_mappings: &ports,
-                    };
-                    if let Err(e) = cni.del(&network, None).await {
+                    if let Err(e) = cni.del(&pod_network(&id, &config, &path), Some(&status)).await {
                         tracing::warn!(error = %e, "CNI DEL while rolling back");
                     }
                 });
             }
             ips = status.ips.iter().map(|ip| ip.to_string()).collect();
+            network = Some(status);
             netns_path = Some(path);
         }
 
@@ -275,8 +266,7 @@ impl PodService {
         let io = |what: &str| SandboxError::io(format!("writing the pod's {what}"));
         files::write_hostname(&pod_dir, &hostname).map_err(io("hostname"))?;
         files::write_hosts(&pod_dir, &hostname, primary_ip).map_err(io("hosts file"))?;
-        let dns = config.dns.as_ref().map(files::DnsConfig::from);
-        files::write_resolv_conf(&pod_dir, dns.as_ref()).map_err(io("resolv.conf"))?;
+        files::write_resolv_conf(&pod_dir, config.dns.as_ref()).map_err(io("resolv.conf"))?;
         if config.ipc == NamespaceMode::Pod {
             files::mount_shm(&pod_dir, SHM_SIZE).map_err(io("/dev/shm"))?;
             let dir = pod_dir.clone();
@@ -333,6 +323,7 @@ impl PodService {
             state: PodState::Ready,
             created_at_nanos: now_nanos(),
             ips,
+            network,
             netns: netns_path,
             pause_pid: Some(pid),
             cgroup_parent,
@@ -403,16 +394,7 @@ impl PodService {
         let pod_dir = self.pod_dir(&pod.id);
         if let Some(netns_path) = &pod.netns {
             if let Ok(cni) = self.cni() {
-                let ports: Vec<_> = pod.config.port_mappings.iter().map(PortMappingRecord::to_cni).collect();
-                let network = PodNetwork {
-                    id: &pod.id,
-                    name: &pod.config.name,
-                    namespace: &pod.config.namespace,
-                    uid: &pod.config.uid,
-                    netns: netns_path,
-                    port_mappings: &ports,
-                };
-                cni.del(&network, None).await?;
+                cni.del(&pod_network(&pod.id, &pod.config, netns_path), pod.network.as_ref()).await?;
             }
             netns::remove(netns_path)?;
         }
@@ -858,8 +840,7 @@ impl PodService {
 }
 
 fn load_cni(config: &Config) -> Result<Arc<Cni>, String> {
-    let settings = CniSettings { conf_dir: config.cni.conf_dir.clone(), bin_dirs: config.cni.bin_dirs.clone() };
-    Cni::load(&settings).map(Arc::new).map_err(|e| e.to_string())
+    Cni::load(&config.cni).map(Arc::new).map_err(|e| e.to_string())
 }
 
 fn unique_prefix<T>(items: Vec<T>, prefix: &str, id: impl Fn(&T) -> &String) -> Option<T> {
@@ -870,6 +851,17 @@ fn unique_prefix<T>(items: Vec<T>, prefix: &str, id: impl Fn(&T) -> &String) -> 
     match (matches.next(), matches.next()) {
         (Some(one), None) => Some(one),
         _ => None,
+    }
+}
+
+fn pod_network<'a>(id: &'a str, config: &'a PodConfig, netns: &'a Path) -> PodNetwork<'a> {
+    PodNetwork {
+        id,
+        name: &config.name,
+        namespace: &config.namespace,
+        uid: &config.uid,
+        netns,
+        port_mappings: &config.port_mappings,
     }
 }
 
