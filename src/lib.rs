@@ -4,4 +4,5 @@
 pub mod config;
 pub mod cri;
 pub mod images;
+pub mod oci;
 pub mod store;
