@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 use crate::images::ImageError;
 use crate::images::content::ContentError;
 use crate::images::registry::RegistryError;
+use crate::oci::SpecError;
 use crate::sandbox::SandboxError;
 
 impl From<ImageError> for Status {
@@ -42,7 +43,9 @@ impl From<SandboxError> for Status {
     fn from(error: SandboxError) -> Status {
         let code = match &error {
             SandboxError::Image(e) => image_code(e),
-            SandboxError::InvalidArgument { .. } | SandboxError::Spec(_) => Code::InvalidArgument,
+            SandboxError::InvalidArgument { .. } | SandboxError::Spec(SpecError::Invalid { .. }) => Code::InvalidArgument,
+            SandboxError::Spec(SpecError::Precondition { .. }) => Code::FailedPrecondition,
+            SandboxError::Spec(SpecError::Host { .. }) => Code::Internal,
             SandboxError::NotFound { .. } => Code::NotFound,
             SandboxError::AlreadyExists(_) => Code::AlreadyExists,
             SandboxError::FailedPrecondition(_) => Code::FailedPrecondition,
