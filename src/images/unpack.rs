@@ -11,7 +11,7 @@
 //! devices and the `trusted.overlay.opaque` xattr.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -25,7 +25,7 @@ use rustix::io::Errno;
 use tar::EntryType;
 
 /// What one layer added to the disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnpackStats {
     /// Sum of the sizes of the regular files written.
     pub bytes: u64,
@@ -34,13 +34,19 @@ pub struct UnpackStats {
     /// their target's inode and are not counted; neither is an existing directory
     /// that an entry only updates.
     pub inodes: u64,
+    /// Directories this layer did not contain but unpack had to create, relative to
+    /// dest, parents before children: the input of `adopt_lower_metadata`. A
+    /// directory that a later entry lists after all, replaces or removes is not
+    /// among them, nor one created through a symlink of the layer (its path would
+    /// name the directory only by way of that symlink).
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("cannot open layer destination {}: {source}", dest.display())]
     Destination { dest: PathBuf, source: io::Error },
-    #[error("cannot open lower layer {}: {source}", path.display())]
+    #[error("cannot read lower layer {}: {source}", path.display())]
     LowerLayer { path: PathBuf, source: io::Error },
     #[error("malformed layer tar: {0}")]
     Malformed(io::Error),
@@ -104,7 +110,8 @@ const RESOLVE_RETRIES: usize = 32;
 
 /// Extracts the uncompressed tar layer stream `tar` into `dest`, an existing, empty
 /// directory that becomes an overlayfs lowerdir. Parent directories the layer uses
-/// without listing them are created 0755 root:root; see `unpack_layer_over`.
+/// without listing them are created 0755 root:root and listed in
+/// `UnpackStats::implicit_dirs`; see `adopt_lower_metadata`.
 ///
 /// Everything lands inside `dest` or the layer is refused; a refused or failed layer
 /// leaves a partial tree behind that the caller discards. The tree is flushed to disk
@@ -112,33 +119,15 @@ const RESOLVE_RETRIES: usize = 32;
 /// The stream is read to its end, so that a decompressor checks its trailer and a
 /// digest computed over the stream covers every byte.
 pub fn unpack_layer<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
-    unpack_layer_over(tar, dest, &[])
-}
-
-/// As `unpack_layer`, for a layer that goes on top of the unpacked layers `lowers`
-/// (topmost first). Some layer writers (umoci among them) list a changed file
-/// without its parent directories. In the overlay the directory this layer then has
-/// to create hides the lower one's owner, mode and mtime, so an implicit `tmp/`
-/// would turn a 1777 /tmp into 0755. Such a directory takes its metadata from the
-/// topmost lower layer that has it, as containerd does.
-pub fn unpack_layer_over<R: Read>(tar: R, dest: &Path, lowers: &[&Path]) -> Result<UnpackStats, UnpackError> {
     let destination_error =
         |source: Errno| UnpackError::Destination { dest: dest.to_path_buf(), source: source.into() };
-    let open_dir =
-        |path: &Path| rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
     let root = open_dir(dest).map_err(destination_error)?;
-    let lowers = lowers
-        .iter()
-        .map(|lower| {
-            open_dir(lower).map_err(|e| UnpackError::LowerLayer { path: lower.to_path_buf(), source: e.into() })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let stream = Rc::new(StreamState::default());
     let mut archive = tar::Archive::new(MeteredReader { inner: tar, state: Rc::clone(&stream) });
     let mut layer = Layer {
         root,
-        lowers,
         dir_times: BTreeMap::new(),
+        implicit_dirs: ImplicitDirs::default(),
         stats: UnpackStats::default(),
         buffer: vec![0; COPY_BUFFER_SIZE],
     };
@@ -180,7 +169,100 @@ pub fn unpack_layer_over<R: Read>(tar: R, dest: &Path, lowers: &[&Path]) -> Resu
 
     layer.apply_directory_times()?;
     rustix::fs::syncfs(&layer.root).map_err(destination_error)?;
-    Ok(layer.stats)
+    let implicit_dirs = layer.implicit_dirs.still_implicit(&layer.root)?;
+    Ok(UnpackStats { implicit_dirs, ..layer.stats })
+}
+
+/// Gives each directory in `implicit_dirs` (as `UnpackStats::implicit_dirs` lists
+/// them) that is still an implicit directory of `dest` the owner, mode and mtime of
+/// the topmost of `lowers` (topmost first) that has a directory at that path.
+/// `lowers` are the unpacked layers this one goes on top of, which a parallel pull
+/// may finish only after `dest`. Some layer writers (umoci among them) list a
+/// changed file without its parent directories; in the overlay the directory
+/// unpack then had to create hides the lower one's metadata, so an implicit `tmp/`
+/// would turn a 1777 /tmp into 0755. containerd keeps the lower metadata too.
+///
+/// The lookup is the overlay's own: every path is resolved inside its tree with
+/// openat2 RESOLVE_IN_ROOT and without following any symlink. A lower with a
+/// non-directory at the path or on the way to it (a file, a whiteout, a symlink)
+/// stops the search, because it hides the layers below; so does an opaque
+/// directory above the path, in a lower or in `dest`. A directory missing from
+/// every lower, or hidden so, is left as unpack made it: 0755 root:root. A path
+/// that no longer names a directory of `dest` without a symlink is skipped. Like
+/// `unpack_layer`, this flushes `dest` to disk before it returns.
+pub fn adopt_lower_metadata(dest: &Path, implicit_dirs: &[PathBuf], lowers: &[&Path]) -> Result<(), UnpackError> {
+    let destination_error =
+        |source: Errno| UnpackError::Destination { dest: dest.to_path_buf(), source: source.into() };
+    let root = open_dir(dest).map_err(destination_error)?;
+    let mut trees =
+        vec![Tree { root, path: dest, error: |dest, source| UnpackError::Destination { dest, source } }];
+    for &lower in lowers {
+        let root =
+            open_dir(lower).map_err(|e| UnpackError::LowerLayer { path: lower.to_path_buf(), source: e.into() })?;
+        trees.push(Tree { root, path: lower, error: |path, source| UnpackError::LowerLayer { path, source } });
+    }
+    let roots = trees.iter().map(Tree::presence_of_root).collect::<Result<Vec<_>, _>>()?;
+
+    // The presences of the previous path's ancestors in every tree, `dest` first:
+    // `walk[i]` is the one of its first i+1 components. Listed parents first, the
+    // next path mostly shares them, so each directory is looked up once.
+    let mut walk: Vec<Vec<Presence>> = Vec::new();
+    let mut previous: Vec<&OsStr> = Vec::new();
+    let mut changed = false;
+    for rel in implicit_dirs {
+        let path = shown(rel.as_os_str().as_bytes());
+        let components = plain_components(rel).ok_or_else(|| invalid(&path, "not a relative path below the layer"))?;
+        let shared = previous.iter().zip(&components).take_while(|(a, b)| a == b).count();
+        walk.truncate(shared);
+        let mut prefix: PathBuf = components[..shared].iter().collect();
+        for component in &components[shared..] {
+            prefix.push(component);
+            let above = walk.last().unwrap_or(&roots);
+            let here = trees
+                .iter()
+                .zip(above)
+                .map(|(tree, above)| tree.presence(&prefix, above))
+                .collect::<Result<Vec<_>, _>>()?;
+            walk.push(here);
+        }
+        previous = components;
+
+        let Some((in_dest, in_lowers)) = walk.last().and_then(|here| here.split_first()) else {
+            continue;
+        };
+        match in_dest {
+            Presence::Directory { under_opaque: false, .. } => {}
+            Presence::Directory { under_opaque: true, .. } => {
+                tracing::debug!(dir = %path, "the layer made a parent opaque; implicit directory keeps its metadata");
+                continue;
+            }
+            Presence::Absent { .. } | Presence::Blocked => {
+                tracing::debug!(dir = %path, "no longer a directory of the layer; metadata not adopted");
+                continue;
+            }
+        }
+        let mut source = None;
+        for presence in in_lowers {
+            match presence {
+                Presence::Directory { meta, .. } => {
+                    source = Some(meta);
+                    break;
+                }
+                Presence::Absent { under_opaque: false } => {}
+                Presence::Absent { under_opaque: true } | Presence::Blocked => break,
+            }
+        }
+        let Some(meta) = source else { continue };
+        let dir = resolve_without_symlinks(&trees[0].root, rel).map_err(io_error(&path, "open implicit directory"))?;
+        rustix::fs::fchown(&dir, Some(meta.uid), Some(meta.gid)).map_err(io_error(&path, "set owner"))?;
+        rustix::fs::fchmod(&dir, meta.mode).map_err(io_error(&path, "set mode"))?;
+        rustix::fs::futimens(&dir, &meta.mtime.both()).map_err(io_error(&path, "set mtime"))?;
+        changed = true;
+    }
+    if changed {
+        rustix::fs::syncfs(&trees[0].root).map_err(destination_error)?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -256,13 +338,12 @@ enum Kind {
 
 struct Layer {
     root: OwnedFd,
-    /// The layers below, topmost first; read only for implicit parents' metadata.
-    lowers: Vec<OwnedFd>,
     /// Directory mtimes, applied once every entry is in place because creating a
     /// child changes its parent's mtime. Keyed by path rather than holding fds: a
     /// layer may have far more directories than a process may hold open descriptors;
     /// a map keeps one record per directory however often the tar lists it.
     dir_times: BTreeMap<PathBuf, Timestamp>,
+    implicit_dirs: ImplicitDirs,
     stats: UnpackStats,
     buffer: Vec<u8>,
 }
@@ -408,6 +489,10 @@ impl Layer {
             Err(e) => return Err(io_error(path, "create directory")(e)),
         }
         let dir = open_child_dir(parent, name).map_err(io_error(path, "open directory"))?;
+        if !self.implicit_dirs.is_empty() {
+            let inode = rustix::fs::fstat(&dir).map_err(io_error(path, "inspect directory"))?.st_ino;
+            self.implicit_dirs.forget_inode(inode);
+        }
         set_owner_and_mode(dir.as_fd(), &meta, path)?;
         set_xattrs(Node::Open(dir.as_fd()), &meta.xattrs, path)?;
         self.dir_times.insert(rel.to_path_buf(), meta.mtime);
@@ -582,41 +667,20 @@ impl Layer {
                     }
                     self.stats.inodes += 1;
                     let created = open_child_dir(dir.as_fd(), name).map_err(io_error(path, "open parent directory"))?;
-                    self.adopt_lower_metadata(&created, &prefix)
-                        .map_err(io_error(path, "set parent directory metadata"))?;
+                    // Explicitly root:root: a setgid parent would otherwise pass its group on.
+                    rustix::fs::fchown(&created, Some(Uid::ROOT), Some(Gid::ROOT))
+                        .map_err(io_error(path, "set parent directory owner"))?;
+                    rustix::fs::fchmod(&created, Mode::from_raw_mode(IMPLICIT_DIR_MODE))
+                        .map_err(io_error(path, "set parent directory mode"))?;
+                    let inode =
+                        rustix::fs::fstat(&created).map_err(io_error(path, "inspect parent directory"))?.st_ino;
+                    self.implicit_dirs.insert(prefix.clone(), inode);
                     created
                 }
                 Err(e) => return Err(io_error(path, "open parent directory")(e)),
             };
         }
         Ok(dir)
-    }
-
-    /// Gives the implicit directory `dir` at `rel` the owner, mode and mtime of the
-    /// same directory in the topmost lower layer that has it, or 0755 root:root.
-    /// Each lower is resolved with itself as the root, like `dest`.
-    fn adopt_lower_metadata(&mut self, dir: &OwnedFd, rel: &Path) -> Result<(), Errno> {
-        for lower in &self.lowers {
-            match resolve(lower, rel, OFlags::empty()) {
-                Ok(lower_dir) => {
-                    let stat = rustix::fs::fstat(&lower_dir)?;
-                    rustix::fs::fchown(dir, Some(Uid::from_raw(stat.st_uid)), Some(Gid::from_raw(stat.st_gid)))?;
-                    rustix::fs::fchmod(dir, Mode::from_raw_mode(stat.st_mode & 0o7777))?;
-                    let mtime =
-                        Timestamp { secs: stat.st_mtime, nanos: u32::try_from(stat.st_mtime_nsec).unwrap_or(0) };
-                    self.dir_times.insert(rel.to_path_buf(), mtime);
-                    return Ok(());
-                }
-                Err(Errno::NOENT) => continue,
-                // Anything but a directory there (a whiteout, a file) hides the
-                // layers further down: the directory is new.
-                Err(Errno::NOTDIR | Errno::LOOP) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        // Explicitly root:root: a setgid parent would otherwise pass its group on.
-        rustix::fs::fchown(dir, Some(Uid::ROOT), Some(Gid::ROOT))?;
-        rustix::fs::fchmod(dir, Mode::from_raw_mode(IMPLICIT_DIR_MODE))
     }
 
     /// Clears `name` for a new non-directory: tar semantics, where the later entry
@@ -642,6 +706,7 @@ impl Layer {
                 for dir in descendants {
                     self.dir_times.remove(&dir);
                 }
+                self.implicit_dirs.forget_tree(rel);
                 Ok(())
             }
             Err(e) => Err(io_error(path, "replace")(e)),
@@ -656,7 +721,7 @@ impl Layer {
             // parent (`lib/x` with `lib -> usr/lib`) may have been replaced under
             // its other name (`usr/lib/x`) since; that later entry won, so there is
             // no mtime left to restore.
-            let dir = match resolve(&self.root, rel, OFlags::NOFOLLOW) {
+            let dir = match resolve(&self.root, rel, OFlags::NOFOLLOW, ResolveFlags::empty()) {
                 Ok(dir) => dir,
                 Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
                     tracing::debug!(entry = %path, "directory replaced later in the layer; mtime not restored");
@@ -668,6 +733,171 @@ impl Layer {
         }
         Ok(())
     }
+}
+
+/// The directories a layer used without listing them, while they still are: an
+/// entry for one of them makes it explicit, and one that replaces it or an ancestor
+/// removes it. Known by inode as well as by path, because a symlink in the layer
+/// can give a directory a second name, under which an entry may list it. `by_path`
+/// is the record; `by_inode` may keep stale entries, checked against it.
+#[derive(Default)]
+struct ImplicitDirs {
+    by_path: BTreeMap<PathBuf, u64>,
+    by_inode: HashMap<u64, PathBuf>,
+}
+
+impl ImplicitDirs {
+    fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+
+    fn insert(&mut self, rel: PathBuf, inode: u64) {
+        // The inode number of a directory removed through another name came back.
+        if let Some(stale) = self.by_inode.insert(inode, rel.clone()) {
+            self.remove_path_if(&stale, inode);
+        }
+        self.by_path.insert(rel, inode);
+    }
+
+    /// The directory `inode` got an entry of its own.
+    fn forget_inode(&mut self, inode: u64) {
+        if let Some(rel) = self.by_inode.remove(&inode) {
+            self.remove_path_if(&rel, inode);
+        }
+    }
+
+    /// `rel` and everything below it were removed.
+    fn forget_tree(&mut self, rel: &Path) {
+        let removed: Vec<(PathBuf, u64)> = self
+            .by_path
+            .range(rel.to_path_buf()..)
+            .take_while(|(p, _)| p.starts_with(rel))
+            .map(|(p, &inode)| (p.clone(), inode))
+            .collect();
+        for (path, inode) in removed {
+            self.by_path.remove(&path);
+            if self.by_inode.get(&inode) == Some(&path) {
+                self.by_inode.remove(&inode);
+            }
+        }
+    }
+
+    fn remove_path_if(&mut self, rel: &Path, inode: u64) {
+        if self.by_path.get(rel) == Some(&inode) {
+            self.by_path.remove(rel);
+        }
+    }
+
+    /// The recorded paths, parents first, that still lead without a symlink to the
+    /// directory recorded there. One removed through another name is not (it is
+    /// gone, or something else took its place), and neither is one created
+    /// through a symlink: overlayfs would not look for the lower metadata there.
+    fn still_implicit(self, root: &OwnedFd) -> Result<Vec<PathBuf>, UnpackError> {
+        let mut paths = Vec::with_capacity(self.by_path.len());
+        for (rel, inode) in self.by_path {
+            match resolve_without_symlinks(root, &rel) {
+                Ok(dir) => {
+                    let stat = rustix::fs::fstat(&dir)
+                        .map_err(io_error(&shown(rel.as_os_str().as_bytes()), "inspect implicit directory"))?;
+                    if stat.st_ino == inode {
+                        paths.push(rel);
+                    }
+                }
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
+                Err(e) => return Err(io_error(&shown(rel.as_os_str().as_bytes()), "open implicit directory")(e)),
+            }
+        }
+        Ok(paths)
+    }
+}
+
+/// `dest` or one of the lower layers, for `adopt_lower_metadata`.
+struct Tree<'a> {
+    root: OwnedFd,
+    path: &'a Path,
+    /// `UnpackError::Destination` or `UnpackError::LowerLayer`.
+    error: fn(PathBuf, io::Error) -> UnpackError,
+}
+
+/// What one tree has at a path, as overlayfs would find it there.
+enum Presence {
+    /// `under_opaque`: an ancestor is an opaque directory, so the trees below this
+    /// one show nothing at the path.
+    Directory { under_opaque: bool, opaque: bool, meta: DirMeta },
+    Absent { under_opaque: bool },
+    /// A non-directory (a symlink included) at the path or on the way to it; it
+    /// hides the same path in the trees below.
+    Blocked,
+}
+
+/// The metadata an implicit directory adopts.
+struct DirMeta {
+    uid: Uid,
+    gid: Gid,
+    mode: Mode,
+    mtime: Timestamp,
+}
+
+impl Tree<'_> {
+    fn presence_of_root(&self) -> Result<Presence, UnpackError> {
+        let meta = dir_meta(&self.root).map_err(|e| self.error(Path::new(""), e))?;
+        Ok(Presence::Directory { under_opaque: false, opaque: false, meta })
+    }
+
+    /// The presence at `rel`, given the presence `parent` at its parent.
+    fn presence(&self, rel: &Path, parent: &Presence) -> Result<Presence, UnpackError> {
+        let under_opaque = match *parent {
+            Presence::Blocked => return Ok(Presence::Blocked),
+            Presence::Absent { under_opaque } => return Ok(Presence::Absent { under_opaque }),
+            Presence::Directory { under_opaque, opaque, .. } => under_opaque || opaque,
+        };
+        match resolve_without_symlinks(&self.root, rel) {
+            Ok(dir) => {
+                let opaque = is_opaque(&dir).map_err(|e| self.error(rel, e))?;
+                let meta = dir_meta(&dir).map_err(|e| self.error(rel, e))?;
+                Ok(Presence::Directory { under_opaque, opaque, meta })
+            }
+            Err(Errno::NOENT) => Ok(Presence::Absent { under_opaque }),
+            Err(Errno::NOTDIR | Errno::LOOP) => Ok(Presence::Blocked),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
+    fn error(&self, rel: &Path, source: Errno) -> UnpackError {
+        (self.error)(self.path.join(rel), source.into())
+    }
+}
+
+fn dir_meta(dir: &OwnedFd) -> Result<DirMeta, Errno> {
+    let stat = rustix::fs::fstat(dir)?;
+    Ok(DirMeta {
+        uid: Uid::from_raw(stat.st_uid),
+        gid: Gid::from_raw(stat.st_gid),
+        mode: Mode::from_raw_mode(stat.st_mode & 0o7777),
+        mtime: Timestamp { secs: stat.st_mtime, nanos: u32::try_from(stat.st_mtime_nsec).unwrap_or(0) },
+    })
+}
+
+/// overlayfs takes a directory for opaque only when the xattr is exactly "y".
+fn is_opaque(dir: &OwnedFd) -> Result<bool, Errno> {
+    let mut value = [0u8; 1];
+    match rustix::fs::fgetxattr(dir, OVERLAY_OPAQUE_XATTR, &mut value[..]) {
+        Ok(len) => Ok(len == 1 && value[0] == b'y'),
+        Err(Errno::NODATA | Errno::RANGE | Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The components of `rel` if all are plain names, as unpack records paths.
+fn plain_components(rel: &Path) -> Option<Vec<&OsStr>> {
+    let components = rel
+        .components()
+        .map(|component| match component {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (!components.is_empty()).then_some(components)
 }
 
 /// The entry name as a path relative to `dest`. Leading `/` and `./` are dropped, so
@@ -764,17 +994,29 @@ fn parse_pax_time(value: &[u8]) -> Option<Timestamp> {
     })
 }
 
-fn resolve_dir(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
-    resolve(root, rel, OFlags::empty())
+fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
 }
 
-/// Opens the directory `rel` with `dest` as the root of the walk: absolute symlinks
+fn resolve_dir(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    resolve(root, rel, OFlags::empty(), ResolveFlags::empty())
+}
+
+/// Opens the directory `rel` inside `root` only if none of its components, the last
+/// included, is a symlink: overlayfs merges the layers path by path and never
+/// follows a symlink of one layer, so a directory reached only through one is not
+/// the directory the overlay shows at `rel`.
+fn resolve_without_symlinks(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    resolve(root, rel, OFlags::NOFOLLOW, ResolveFlags::NO_SYMLINKS)
+}
+
+/// Opens the directory `rel` with `root` as the root of the walk: absolute symlinks
 /// and `..` cannot climb above it, and magic links (/proc/*/fd, which a layer could
 /// reach through a symlink only if /proc were inside dest, but still) are refused.
-fn resolve(root: &OwnedFd, rel: &Path, extra: OFlags) -> Result<OwnedFd, Errno> {
+fn resolve(root: &OwnedFd, rel: &Path, extra: OFlags, extra_resolve: ResolveFlags) -> Result<OwnedFd, Errno> {
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra;
-    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | extra_resolve;
     let mut attempts = 0;
     loop {
         match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
@@ -919,7 +1161,7 @@ fn io_error<'a, E: Into<io::Error>>(path: &'a str, op: &'static str) -> impl FnO
 mod tests {
     use std::fs;
     use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     use tar::{Builder, Header};
 
@@ -1058,7 +1300,8 @@ mod tests {
         assert_eq!(tmp.mtime(), 1_500_000_000, "directory mtime applied after its children");
         assert_eq!(sandbox.meta("etc").mtime(), MTIME as i64);
         // etc, etc/shadow, usr, usr/bin, usr/bin/su, var, var/tmp, var/tmp/later
-        assert_eq!(stats, UnpackStats { bytes: 9, inodes: 8 });
+        let implicit_dirs = paths(&["usr", "usr/bin", "var"]);
+        assert_eq!(stats, UnpackStats { bytes: 9, inodes: 8, implicit_dirs });
         sandbox.assert_contained();
     }
 
@@ -1113,7 +1356,8 @@ mod tests {
         assert!(sh_again.file_type().is_symlink(), "a link to a symlink links the symlink");
         assert_eq!(sh_again.ino(), sandbox.meta("bin/sh").ino());
         // bin, bin/busybox, bin/sh, etc, etc/mtab
-        assert_eq!(stats, UnpackStats { bytes: 7, inodes: 5 });
+        let implicit_dirs = paths(&["bin", "etc"]);
+        assert_eq!(stats, UnpackStats { bytes: 7, inodes: 5, implicit_dirs });
     }
 
     #[test]
@@ -1296,37 +1540,205 @@ mod tests {
         assert_eq!(sandbox.meta("usr/lib/x").mtime(), MTIME as i64);
     }
 
+    fn dir_owned(builder: &mut Builder<Vec<u8>>, path: &str, mode: u32, owner: u64, mtime: u64) {
+        let mut header = new_header(EntryType::Directory, mode);
+        header.set_uid(owner);
+        header.set_gid(owner);
+        header.set_mtime(mtime);
+        builder.append_data(&mut header, path, io::empty()).unwrap();
+    }
+
+    /// Mode, owner and group of `rel` in `sandbox`.
+    fn mode_and_owner(sandbox: &Sandbox, rel: &str) -> (u32, u32, u32) {
+        let meta = sandbox.meta(rel);
+        (meta.mode() & 0o7777, meta.uid(), meta.gid())
+    }
+
+    const IMPLICIT: (u32, u32, u32) = (IMPLICIT_DIR_MODE, 0, 0);
+
+    fn paths(paths: &[&str]) -> Vec<PathBuf> {
+        paths.iter().map(PathBuf::from).collect()
+    }
+
     #[test]
     fn implicit_parents_take_metadata_from_the_layers_below() {
         let base = Sandbox::new();
-        let base_layer = tar(|b| {
-            let mut tmp = new_header(EntryType::Directory, 0o1777);
-            tmp.set_mtime(1_111_111_111);
-            b.append_data(&mut tmp, "tmp", io::empty()).unwrap();
-            let mut home = new_header(EntryType::Directory, 0o750);
-            home.set_uid(1000);
-            home.set_gid(1000);
-            b.append_data(&mut home, "home/user", io::empty()).unwrap();
+        base.unpack(&tar(|b| {
+            dir_owned(b, "tmp", 0o1777, 0, 1_111_111_111);
+            dir_owned(b, "home/user", 0o750, 1000, MTIME);
             dir(b, "var", 0o700);
-        });
-        base.unpack(&base_layer).unwrap();
+        }))
+        .unwrap();
         let middle = Sandbox::new();
         middle.unpack(&tar(|b| file(b, ".wh.var", 0o644, b""))).unwrap();
 
         let top = Sandbox::new();
-        let layer = tar(|b| {
-            file(b, "tmp/scratch", 0o644, b"");
-            file(b, "home/user/.profile", 0o644, b"");
-            file(b, "var/new", 0o644, b"");
-            file(b, "opt/fresh", 0o644, b"");
-        });
-        unpack_layer_over(&layer[..], &top.dest, &[&middle.dest, &base.dest]).unwrap();
-        let tmp = top.meta("tmp");
-        assert_eq!((tmp.mode() & 0o7777, tmp.mtime()), (0o1777, 1_111_111_111));
-        let user = top.meta("home/user");
-        assert_eq!((user.mode() & 0o7777, user.uid(), user.gid()), (0o750, 1000, 1000));
-        assert_eq!(top.meta("var").mode() & 0o7777, IMPLICIT_DIR_MODE, "hidden below by a whiteout");
-        assert_eq!(top.meta("opt").mode() & 0o7777, IMPLICIT_DIR_MODE);
+        let stats = top
+            .unpack(&tar(|b| {
+                file(b, "tmp/scratch", 0o644, b"");
+                file(b, "home/user/.profile", 0o644, b"");
+                file(b, "var/new", 0o644, b"");
+                file(b, "opt/fresh", 0o644, b"");
+            }))
+            .unwrap();
+        assert_eq!(stats.implicit_dirs, paths(&["home", "home/user", "opt", "tmp", "var"]));
+        assert_eq!(mode_and_owner(&top, "tmp"), IMPLICIT, "unpack alone cannot know the lower layers");
+
+        adopt_lower_metadata(&top.dest, &stats.implicit_dirs, &[&middle.dest, &base.dest]).unwrap();
+        assert_eq!(mode_and_owner(&top, "tmp"), (0o1777, 0, 0));
+        assert_eq!(top.meta("tmp").mtime(), 1_111_111_111);
+        assert_eq!(mode_and_owner(&top, "home/user"), (0o750, 1000, 1000));
+        assert_eq!(mode_and_owner(&top, "var"), IMPLICIT, "hidden below by a whiteout");
+        assert_eq!(mode_and_owner(&top, "opt"), IMPLICIT, "in no lower layer");
+        assert!(top.meta("tmp/scratch").is_file());
+        top.assert_contained();
+    }
+
+    #[test]
+    fn a_symlink_in_a_lower_layer_is_not_followed_and_hides_the_layers_below() {
+        let base = Sandbox::new();
+        base.unpack(&tar(|b| {
+            dir_owned(b, "tmp", 0o1777, 0, MTIME);
+            dir_owned(b, "opt/app", 0o700, 7, MTIME);
+        }))
+        .unwrap();
+        let middle = Sandbox::new();
+        fs::create_dir(middle.sentinel.join("app")).unwrap();
+        for outside in [middle.sentinel.clone(), middle.sentinel.join("app")] {
+            std::os::unix::fs::chown(&outside, Some(4242), Some(4242)).unwrap();
+            fs::set_permissions(&outside, fs::Permissions::from_mode(0o1733)).unwrap();
+        }
+        let sentinel = middle.sentinel.to_str().unwrap().to_owned();
+        middle
+            .unpack(&tar(|b| {
+                dir_owned(b, "realtmp", 0o1733, 4242, MTIME);
+                link(b, EntryType::Symlink, "tmp", "realtmp");
+                link(b, EntryType::Symlink, "opt", &sentinel);
+            }))
+            .unwrap();
+
+        let top = Sandbox::new();
+        let stats = top
+            .unpack(&tar(|b| {
+                file(b, "tmp/scratch", 0o644, b"");
+                file(b, "opt/app/bin", 0o755, b"");
+            }))
+            .unwrap();
+        adopt_lower_metadata(&top.dest, &stats.implicit_dirs, &[&middle.dest, &base.dest]).unwrap();
+        assert_eq!(mode_and_owner(&top, "tmp"), IMPLICIT, "neither the symlink's target nor the layer below it");
+        assert_eq!(mode_and_owner(&top, "opt"), IMPLICIT);
+        assert_eq!(mode_and_owner(&top, "opt/app"), IMPLICIT, "a symlinked ancestor hides the path too");
+        top.assert_contained();
+    }
+
+    #[test]
+    fn a_file_in_a_lower_layer_hides_the_directories_below_it() {
+        let base = Sandbox::new();
+        base.unpack(&tar(|b| {
+            dir_owned(b, "var", 0o700, 5, MTIME);
+            dir_owned(b, "srv/www", 0o750, 33, MTIME);
+        }))
+        .unwrap();
+        let middle = Sandbox::new();
+        middle
+            .unpack(&tar(|b| {
+                file(b, "var", 0o644, b"a file now");
+                file(b, "srv", 0o644, b"a file now");
+            }))
+            .unwrap();
+
+        let top = Sandbox::new();
+        let stats = top
+            .unpack(&tar(|b| {
+                file(b, "var/new", 0o644, b"");
+                file(b, "srv/www/index.html", 0o644, b"");
+            }))
+            .unwrap();
+        adopt_lower_metadata(&top.dest, &stats.implicit_dirs, &[&middle.dest, &base.dest]).unwrap();
+        assert_eq!(mode_and_owner(&top, "var"), IMPLICIT);
+        assert_eq!(mode_and_owner(&top, "srv"), IMPLICIT);
+        assert_eq!(mode_and_owner(&top, "srv/www"), IMPLICIT, "a file as an ancestor hides the path too");
+
+        // Without the middle layer, the same directories come from the base.
+        let top = Sandbox::new();
+        let stats = top.unpack(&tar(|b| file(b, "srv/www/index.html", 0o644, b""))).unwrap();
+        adopt_lower_metadata(&top.dest, &stats.implicit_dirs, &[&base.dest]).unwrap();
+        assert_eq!(mode_and_owner(&top, "srv/www"), (0o750, 33, 33));
+    }
+
+    #[test]
+    fn opaque_directories_hide_the_layers_below() {
+        let base = Sandbox::new();
+        base.unpack(&tar(|b| {
+            dir_owned(b, "opt/app", 0o700, 7, MTIME);
+            dir_owned(b, "srv", 0o750, 8, MTIME);
+            dir_owned(b, "srv/data", 0o700, 9, MTIME);
+        }))
+        .unwrap();
+        let middle = Sandbox::new();
+        middle
+            .unpack(&tar(|b| {
+                dir_owned(b, "opt", 0o711, 0, MTIME);
+                file(b, "opt/.wh..wh..opq", 0o644, b"");
+            }))
+            .unwrap();
+
+        let top = Sandbox::new();
+        let stats = top
+            .unpack(&tar(|b| {
+                file(b, "opt/app/bin", 0o755, b"");
+                file(b, "srv/.wh..wh..opq", 0o644, b"");
+                file(b, "srv/data/f", 0o644, b"");
+            }))
+            .unwrap();
+        adopt_lower_metadata(&top.dest, &stats.implicit_dirs, &[&middle.dest, &base.dest]).unwrap();
+        assert_eq!(mode_and_owner(&top, "opt"), (0o711, 0, 0));
+        assert_eq!(mode_and_owner(&top, "opt/app"), IMPLICIT, "the middle layer emptied opt");
+        assert_eq!(mode_and_owner(&top, "srv"), (0o750, 8, 8));
+        assert_eq!(mode_and_owner(&top, "srv/data"), IMPLICIT, "this layer emptied srv");
+    }
+
+    #[test]
+    fn implicit_dirs_leave_out_those_listed_replaced_or_reached_through_a_symlink() {
+        let sandbox = Sandbox::new();
+        let stats = sandbox
+            .unpack(&tar(|b| {
+                file(b, "listed/later/f", 0o644, b"");
+                dir(b, "listed", 0o750);
+                file(b, "gone/sub/f", 0o644, b"");
+                file(b, "gone", 0o644, b"a file now");
+                file(b, "usr/lib/x/f", 0o644, b"");
+                link(b, EntryType::Symlink, "lib", "/usr/lib");
+                // The same directory as usr/lib/x, listed under its other name.
+                dir(b, "lib/x", 0o700);
+                file(b, "lib/y/f", 0o644, b"");
+            }))
+            .unwrap();
+        assert_eq!(stats.implicit_dirs, paths(&["listed/later", "usr", "usr/lib"]));
+        assert!(sandbox.meta("usr/lib/y").is_dir());
+
+        let base = Sandbox::new();
+        base.unpack(&tar(|b| {
+            dir_owned(b, "listed", 0o700, 3, MTIME);
+            dir_owned(b, "usr/lib/x", 0o755, 4, MTIME);
+        }))
+        .unwrap();
+        adopt_lower_metadata(&sandbox.dest, &stats.implicit_dirs, &[&base.dest]).unwrap();
+        assert_eq!(mode_and_owner(&sandbox, "listed"), (0o750, 0, 0), "the layer's own entry stands");
+        assert_eq!(mode_and_owner(&sandbox, "usr/lib/x"), (0o700, 0, 0), "the layer's own entry stands");
+    }
+
+    #[test]
+    fn adopting_refuses_paths_that_leave_the_layer_and_skips_missing_ones() {
+        let top = Sandbox::new();
+        let base = Sandbox::new();
+        base.unpack(&tar(|b| dir(b, "etc", 0o700))).unwrap();
+        for rel in ["../sentinel", "/etc", "a/../etc", ""] {
+            let err = adopt_lower_metadata(&top.dest, &[PathBuf::from(rel)], &[&base.dest]).unwrap_err();
+            assert!(matches!(err, UnpackError::Invalid { .. }), "{rel:?}: {err}");
+        }
+        adopt_lower_metadata(&top.dest, &paths(&["etc"]), &[&base.dest]).unwrap();
+        assert!(!top.exists("etc"));
         top.assert_contained();
     }
 
