@@ -5,6 +5,7 @@
 //! `max_concurrent_downloads`. Nothing becomes visible until both digests match.
 
 use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use super::reference::Reference;
 use super::registry::{BlobSource, Credentials, RegistryError};
 use super::service::{ImageService, Inner, name_key, now_nanos};
 use super::snapshots::PreparedSnapshot;
-use super::unpack::{UnpackStats, unpack_layer};
+use super::unpack::{UnpackStats, adopt_lower_metadata, unpack_layer};
 use crate::store::{ImageRecord, LayerRecord, SnapshotRecord};
 
 /// Chunks in flight between the network and an unpacking thread. Bounded so a slow
@@ -65,10 +66,11 @@ impl Inner {
         {
             let _claims = ImageService::claim(&self, diff_ids.iter().map(Digest::to_string).collect());
             self.content.put(&parsed.config.digest, &config_bytes)?;
-            futures::future::try_join_all(
+            let implicit_dirs = futures::future::try_join_all(
                 parsed.layers.iter().zip(diff_ids).map(|(layer, diff_id)| self.ensure_layer(source, layer, diff_id)),
             )
             .await?;
+            self.adopt_implicit_dirs(diff_ids, implicit_dirs).await?;
             self.content.put(&resolved.manifest.digest, &resolved.manifest.bytes)?;
             if let Some(index) = &resolved.index {
                 self.content.put(&index.digest, &index.bytes)?;
@@ -126,7 +128,14 @@ impl Inner {
 
     /// Makes sure the layer's blob and snapshot exist, fetching them at most once
     /// even when several images that share the layer are pulled together.
-    async fn ensure_layer(self: &Arc<Self>, source: &BlobSource, layer: &Descriptor, diff_id: &Digest) -> Result<(), ImageError> {
+    /// Returns the directories a fresh unpack had to invent (see
+    /// `adopt_implicit_dirs`); empty when the layer was already there.
+    async fn ensure_layer(
+        self: &Arc<Self>,
+        source: &BlobSource,
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<Vec<PathBuf>, ImageError> {
         // Serialised per diff id: the same layer compressed two ways is still one
         // snapshot, and must not be unpacked twice at once.
         let lock = self.layer_locks.lock().expect("layer lock table poisoned").entry(diff_id.clone()).or_default().clone();
@@ -135,7 +144,7 @@ impl Inner {
             let unpacked = self.store.snapshot(&diff_id.to_string())?.is_some();
             if unpacked && self.content.contains(&layer.digest) {
                 tracing::debug!(layer = %layer.digest, "layer already present");
-                return Ok(());
+                return Ok(Vec::new());
             }
             let _download = self.downloads.acquire().await.map_err(|e| ImageError::Internal(e.to_string()))?;
             let mut attempt = 1;
@@ -168,7 +177,7 @@ impl Inner {
         layer: &Descriptor,
         diff_id: &Digest,
         unpack: bool,
-    ) -> Result<(), ImageError> {
+    ) -> Result<Vec<PathBuf>, ImageError> {
         let started = Instant::now();
         let declared = Compression::from_media_type(&layer.media_type);
         let mut stream = source.open_blob(layer).await?;
@@ -208,12 +217,12 @@ impl Inner {
             Some((_, _, actual)) if actual != *diff_id => {
                 return Err(ImageError::DiffIdMismatch { layer: layer.digest.clone(), expected: diff_id.clone(), actual });
             }
-            Some((snapshot, stats, _)) => tokio::task::spawn_blocking(move || inner.commit_layer(blob, snapshot, stats, &diff_key)),
-            None => tokio::task::spawn_blocking(move || blob.commit().map_err(ImageError::from)),
+            Some((snapshot, stats, _)) => {
+                tokio::task::spawn_blocking(move || inner.commit_layer(blob, snapshot, stats, &diff_key))
+            }
+            None => tokio::task::spawn_blocking(move || blob.commit().map(|()| Vec::new()).map_err(ImageError::from)),
         };
-        commit
-            .await
-            .map_err(|e| ImageError::Internal(format!("commit task: {e}")))??;
+        let implicit_dirs = commit.await.map_err(|e| ImageError::Internal(format!("commit task: {e}")))??;
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
             layer = %layer.digest.short(),
@@ -222,18 +231,52 @@ impl Inner {
             mb_per_s = format!("{:.1}", layer.size as f64 / 1e6 / secs.max(1e-6)),
             "layer ready"
         );
-        Ok(())
+        Ok(implicit_dirs)
+    }
+
+    /// Layers unpack in parallel, so a directory a layer leaves implicit (some
+    /// tools omit parent entries) was created 0755 root:root without knowing the
+    /// layers below. Once all are present, such directories take the owner, mode
+    /// and mtime the layers below give them, as an in-order unpack would have.
+    async fn adopt_implicit_dirs(self: &Arc<Self>, diff_ids: &[Digest], implicit_dirs: Vec<Vec<PathBuf>>) -> Result<(), ImageError> {
+        if implicit_dirs.iter().all(Vec::is_empty) {
+            return Ok(());
+        }
+        let mut trees = Vec::with_capacity(diff_ids.len());
+        for diff_id in diff_ids {
+            let snapshot = self.store.snapshot(&diff_id.to_string())?.ok_or_else(|| {
+                ImageError::Internal(format!("layer {diff_id} vanished while its image was being pulled"))
+            })?;
+            trees.push(self.snapshots.fs_path(snapshot.id));
+        }
+        let layers = diff_ids.to_vec();
+        tokio::task::spawn_blocking(move || {
+            for (i, dirs) in implicit_dirs.iter().enumerate().filter(|(_, d)| !d.is_empty()) {
+                let lowers: Vec<&Path> = trees[..i].iter().rev().map(PathBuf::as_path).collect();
+                adopt_lower_metadata(&trees[i], dirs, &lowers)
+                    .map_err(|source| ImageError::Unpack { layer: layers[i].clone(), source })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ImageError::Internal(format!("implicit directory task: {e}")))?
     }
 
     /// Publishes a verified layer: the blob by rename, then the tree by rename to a
     /// fresh id, then the record. A crash between steps leaves only things that
     /// startup recovery removes.
-    fn commit_layer(&self, blob: BlobWriter, snapshot: PreparedSnapshot, stats: UnpackStats, diff_id: &str) -> Result<(), ImageError> {
+    fn commit_layer(
+        &self,
+        blob: BlobWriter,
+        snapshot: PreparedSnapshot,
+        stats: UnpackStats,
+        diff_id: &str,
+    ) -> Result<Vec<PathBuf>, ImageError> {
         blob.commit()?;
         let id = self.store.allocate_snapshot_id()?;
         self.snapshots.commit(snapshot, id)?;
         self.store.put_snapshot(diff_id, &SnapshotRecord { id, size: stats.bytes, inodes: stats.inodes })?;
-        Ok(())
+        Ok(stats.implicit_dirs)
     }
 }
 
