@@ -283,6 +283,11 @@ insecure = ["$REGISTRY_ADDR"]
 "docker.io" = ["$mirror"]
 "registry.k8s.io" = ["$mirror"]
 "gcr.io" = ["$mirror"]
+
+# The node's /etc/cni/net.d is not the tests' to write.
+[cni]
+conf_dir = "$dir/cni"
+bin_dirs = ["/usr/lib/cni"]
 END_OF_BERTH_CONFIG
             ;;
         containerd)
