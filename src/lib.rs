@@ -5,4 +5,5 @@ pub mod config;
 pub mod cri;
 pub mod images;
 pub mod oci;
+pub mod shim;
 pub mod store;
