@@ -5,5 +5,6 @@ pub mod config;
 pub mod cri;
 pub mod images;
 pub mod oci;
+pub mod sandbox;
 pub mod shim;
 pub mod store;
