@@ -108,7 +108,8 @@ impl Drop for Layout {
 
 fn spawn_options(dir: &Path) -> SpawnOptions {
     SpawnOptions {
-        shim_binary: env!("CARGO_BIN_EXE_berth-shim").into(),
+        // BERTH_SHIM_BINARY measures another build, e.g. the release one, with these tests.
+        shim_binary: std::env::var_os("BERTH_SHIM_BINARY").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_berth-shim").into()),
         pod_id: "test-pod".into(),
         state_dir: dir.join("state"),
         runtime_binary: RUNC.into(),
@@ -397,13 +398,17 @@ async fn the_shim_outlives_its_parent() {
     let fields: Vec<&str> = session.rsplit(')').next().unwrap().split_whitespace().collect();
     assert_eq!(fields[3], shim.shim_pid().to_string(), "the shim leads its own session");
 
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", shim.shim_pid()))
-        .unwrap()
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .map(|line| line.split_whitespace().nth(1).unwrap().to_string())
-        .unwrap();
-    eprintln!("berth-shim RSS with one running container: {rss} kB");
+    // Rss counts the binary's clean pages, which every shim on the node shares; Pss
+    // splits them among their users and Pss_Anon is the shim's own memory.
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", shim.shim_pid())).unwrap();
+    let kilobytes = |key: &str| rollup.lines().find_map(|line| line.strip_prefix(key)?.split_whitespace().next().map(String::from)).unwrap_or_default();
+    eprintln!(
+        "berth-shim with one running container: Rss {} kB, Pss {} kB, Pss_Anon {} kB ({})",
+        kilobytes("Rss:"),
+        kilobytes("Pss:"),
+        kilobytes("Pss_Anon:"),
+        std::env::var("BERTH_SHIM_BINARY").unwrap_or_else(|_| "debug build".into())
+    );
 
     shim.kill_and_shutdown().await.unwrap();
     assert!(read_log(&layout.log_path("survivor")).contains(&entry("stdout", "F", "alive")));

@@ -453,19 +453,20 @@ impl ShimClient {
         Ok(self.call(method, Some(CALL_TIMEOUT), self.connection.request(request)).await?.payload)
     }
 
-    /// Asks the shim to exit and waits until it did. A shim that still
-    /// supervises containers stays, and this answers `FailedPrecondition`.
+    /// Asks the shim to exit and waits until it did. A shim that still holds
+    /// containers stays, and this answers `FailedPrecondition`.
     pub async fn shutdown(self) -> Result<(), ShimError> {
+        let held = self.held_containers();
+        if !held.is_empty() {
+            return Err(ShimError::FailedPrecondition(format!("the shim still holds containers {held:?}; delete them first")));
+        }
         let request = api::ShutdownRequest { now: false, ..Default::default() };
         match self.call("Shutdown", Some(CALL_TIMEOUT), self.task.shutdown(Self::context(), &request)).await {
             Ok(_) | Err(ShimError::Gone(_)) => {}
             Err(error) => return Err(error),
         }
         if !self.wait_shim_exit(CALL_TIMEOUT).await {
-            return Err(ShimError::FailedPrecondition(format!(
-                "shim {} still runs: it exits only once every container is deleted",
-                self.shim_pid
-            )));
+            return Err(ShimError::Timeout { method: "Shutdown", timeout: CALL_TIMEOUT });
         }
         Ok(())
     }
@@ -522,15 +523,15 @@ fn system_time(timestamp: &MessageField<containerd_shim_protos::protobuf::well_k
     timestamp.as_ref().map(|timestamp| timestamp.clone().into()).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// Whether the process runs. A zombie does not: an exited shim waits as one
+/// until its new parent (often pid 1) gets round to reaping it.
 fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    // SAFETY: signal 0 only checks that the process exists.
-    if unsafe { libc::kill(pid, 0) } == 0 {
-        return true;
-    }
-    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // The state follows the parenthesised command name, which may hold spaces.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 fn make_fifo(path: &Path) -> Result<(), ShimError> {

@@ -439,7 +439,11 @@ impl<R: OciRuntime> TaskService<R> {
         }
         state.phase = Phase::Stopped;
         drop(state);
-        tracing::info!(container = %container.id, exec = %process.exec_id, code = exit.code, "process exited");
+        if process.exec_id.is_empty() {
+            tracing::info!(container = %container.id, code = exit.code, "container exited");
+        } else {
+            tracing::debug!(container = %container.id, exec = %process.exec_id, code = exit.code, "exec'd process exited");
+        }
         process.exit.send_replace(Some(exit));
     }
 
