@@ -30,6 +30,8 @@ const SHM_SIZE: u64 = 64 * 1024 * 1024;
 /// reports failure instead of hanging kubelet.
 const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CGROUP_PARENT: &str = "/berth";
+/// Hex digits of the pod id naming its shim directory: 64 random bits.
+const SHIM_DIR_ID_LEN: usize = 16;
 
 #[derive(Clone)]
 pub struct PodService {
@@ -132,6 +134,12 @@ impl PodService {
         cni.clone()
     }
 
+    /// The shim's own directory (socket, pid file, log). Short on purpose: a unix
+    /// socket path may not exceed 107 bytes, and pod ids are 64 characters.
+    fn shim_dir(&self, id: &str) -> PathBuf {
+        self.inner.config.state.join("shims").join(&id[..id.len().min(SHIM_DIR_ID_LEN)])
+    }
+
     fn pod_dir(&self, id: &str) -> PathBuf {
         self.inner.config.state.join("pods").join(id)
     }
@@ -178,7 +186,7 @@ impl PodService {
         if let Some(shim) = shims.get(pod_id) {
             return Ok(shim.clone());
         }
-        let shim = Arc::new(ShimClient::connect(&self.pod_dir(pod_id)).await?);
+        let shim = Arc::new(ShimClient::connect(&self.shim_dir(pod_id)).await?);
         shims.insert(pod_id.to_string(), shim.clone());
         Ok(shim)
     }
@@ -285,7 +293,7 @@ impl PodService {
         let shim = ShimClient::spawn(&SpawnOptions {
             shim_binary: self.inner.shim_binary.clone(),
             pod_id: id.clone(),
-            state_dir: pod_dir.clone(),
+            state_dir: self.shim_dir(&id),
             runtime_binary: find_in_path(&handler.path).ok_or_else(|| {
                 SandboxError::FailedPrecondition(format!(
                     "runtime handler {handler_name:?}: {} not found",
@@ -421,9 +429,10 @@ impl PodService {
         }
         self.inner.shims.lock().await.remove(&pod.id);
         self.remove_bundle(&pod.id)?;
-        let pod_dir = self.pod_dir(&pod.id);
-        if pod_dir.exists() {
-            std::fs::remove_dir_all(&pod_dir).map_err(SandboxError::io(format!("removing {}", pod_dir.display())))?;
+        for dir in [self.pod_dir(&pod.id), self.shim_dir(&pod.id)] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(SandboxError::io(format!("removing {}", dir.display())))?;
+            }
         }
         self.inner.store.delete(Kind::Pod, &pod.id)?;
         tracing::info!(pod = %pod.id, "pod sandbox removed");
@@ -819,21 +828,28 @@ impl PodService {
                 Err(e) => return Err(e),
             }
         }
-        let pods_dir = self.inner.config.state.join("pods");
-        if let Ok(entries) = std::fs::read_dir(&pods_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().to_string();
-                if pods.iter().any(|p| p.id == name) {
-                    continue;
-                }
-                tracing::info!(pod = %name, "cleaning up a shim whose pod was removed");
-                if let Ok(shim) = ShimClient::connect(&entry.path()).await {
-                    let _ = shim.kill_and_shutdown().await;
-                }
-                let _ = netns::remove(&entry.path().join("netns"));
-                let _ = files::unmount_shm(&entry.path());
-                let _ = std::fs::remove_dir_all(entry.path());
+        let shims_dir = self.inner.config.state.join("shims");
+        for entry in std::fs::read_dir(&shims_dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if pods.iter().any(|p| self.shim_dir(&p.id) == entry.path()) {
+                continue;
             }
+            tracing::info!(shim = %name, "stopping a shim whose pod was removed");
+            if let Ok(shim) = ShimClient::connect(&entry.path()).await {
+                let _ = shim.kill_and_shutdown().await;
+            }
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+        let pods_dir = self.inner.config.state.join("pods");
+        for entry in std::fs::read_dir(&pods_dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if pods.iter().any(|p| p.id == name) {
+                continue;
+            }
+            tracing::info!(pod = %name, "removing what a removed pod left");
+            let _ = netns::remove(&entry.path().join("netns"));
+            let _ = files::unmount_shm(&entry.path());
+            let _ = std::fs::remove_dir_all(entry.path());
         }
         Ok(())
     }
