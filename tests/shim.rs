@@ -323,9 +323,11 @@ async fn bad_requests_are_refused_by_name() {
         Err(ShimError::InvalidArgument(message)) => assert!(message.contains("bundle"), "{message}"),
         other => panic!("{other:?}"),
     }
-    let bundle = pod.bundle("bad/id", &["true"], |_| {});
-    let slash = CreateTask { id: "../escape".into(), bundle, terminal: false, stdin: false, log_path: None };
-    assert!(matches!(pod.shim.create(slash).await, Err(ShimError::InvalidArgument(message)) if message.contains("id")));
+    let bundle = pod.bundle("valid", &["true"], |_| {});
+    for id in ["../escape", "spaced out", ""] {
+        let task = CreateTask { id: id.into(), bundle: bundle.clone(), terminal: false, stdin: false, log_path: None };
+        assert!(matches!(pod.shim.create(task).await, Err(ShimError::InvalidArgument(message)) if message.contains("id")), "{id:?}");
+    }
 
     pod.run("twice", &["sleep", "1000"], |_| {}).await;
     let again = CreateTask { id: "twice".into(), bundle: pod.bundle("twice-again", &["true"], |_| {}), terminal: false, stdin: false, log_path: None };

@@ -244,6 +244,10 @@ impl ShimClient {
     }
 
     pub async fn create(&self, request: CreateTask) -> Result<u32, ShimError> {
+        // The id names the stdin FIFO; the shim checks it too, but only after the FIFO exists.
+        if request.id.is_empty() || request.id.contains('/') || request.id.starts_with('.') {
+            return Err(ShimError::InvalidArgument(format!("id {:?}: not usable as a file name", request.id)));
+        }
         let stdin = if request.stdin {
             let path = self.stdin_path(&request.id);
             make_fifo(&path)?;

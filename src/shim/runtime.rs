@@ -115,10 +115,9 @@ fn last_error(log: &[u8]) -> Option<String> {
         level: String,
         msg: String,
     }
-    log.split(|&b| b == b'\n')
+    log.rsplit(|&b| b == b'\n')
         .filter_map(|line| serde_json::from_slice::<Line>(line).ok())
-        .filter(|line| line.level == "error" || line.level == "fatal")
-        .last()
+        .find(|line| line.level == "error" || line.level == "fatal")
         .map(|line| line.msg)
 }
 
