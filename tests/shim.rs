@@ -10,7 +10,7 @@ use berth::shim::{CreateTask, ShimClient, ShimError, SpawnOptions, TaskStatus};
 use serde_json::{Value, json};
 
 const RUNC: &str = "/usr/sbin/runc";
-const APPLETS: &[&str] = &["sh", "echo", "sleep", "head", "tr", "cat", "tty", "printf", "true"];
+const APPLETS: &[&str] = &["sh", "echo", "sleep", "head", "tr", "cat", "tty", "printf", "true", "stty"];
 
 /// Where a test pod's files go, and the cgroup parent of its containers.
 struct Layout {
@@ -210,8 +210,10 @@ async fn long_lines_are_split_and_an_unterminated_tail_is_partial() {
 #[tokio::test]
 async fn kill_reaches_the_container() {
     let pod = Pod::new().await;
-    let trapping = "trap 'echo terminated; exit 143' TERM; while true; do sleep 1; done";
+    let trapping = "trap 'echo terminated; exit 143' TERM; echo ready; while true; do sleep 1; done";
     pod.run("trap", &["sh", "-c", trapping], |_| {}).await;
+    // Until its trap is set, a pid namespace's init ignores SIGTERM.
+    eventually("the trap to be set", || pod.log_entries("trap").contains(&entry("stdout", "F", "ready"))).await;
     pod.run("sleeper", &["sleep", "1000"], |_| {}).await;
     assert_eq!(pod.shim.state("sleeper").await.unwrap().status, TaskStatus::Running);
 
@@ -260,9 +262,17 @@ async fn exec_sync_collects_output_and_exit_codes() {
 async fn stats_and_live_resource_updates_use_the_container_cgroup() {
     let pod = Pod::new().await;
     pod.run("stats", &["sh", "-c", "sleep 1000 & sleep 1000"], |_| {}).await;
-    let stats = pod.shim.stats("stats").await.unwrap();
+    // The shell forks its background sleep a moment after the start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = pod.shim.stats("stats").await.unwrap();
+        if stats.pids == 2 || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(stats.memory_usage > 0 && stats.memory_working_set <= stats.memory_usage, "{stats:?}");
-    assert!(stats.pids >= 2, "{stats:?}");
+    assert_eq!(stats.pids, 2, "{stats:?}");
     assert!(stats.timestamp_nanos > 0);
 
     let mut resources = oci_spec::runtime::LinuxResources::default();
@@ -313,6 +323,60 @@ async fn a_terminal_goes_to_the_log_and_stdin_and_log_reopening_work() {
     let after: Vec<String> = pod.log_entries("tty").into_iter().map(|(stream, _, message)| format!("{stream} {message}")).collect();
     assert!(after.contains(&"stdout got ping".to_string()), "{after:?}");
     assert!(read_log(&rotated).iter().all(|(_, _, message)| !message.contains("got")), "nothing after the rotation goes to the old file");
+}
+
+#[tokio::test]
+async fn stdin_closes_terminals_resize_and_pids_list_the_container() {
+    let pod = Pod::new().await;
+    let with_stdin = |id: &str, bundle: PathBuf, terminal: bool| CreateTask { id: id.into(), bundle, terminal, stdin: true, log_path: Some(pod.log_path(id)) };
+
+    let bundle = pod.bundle("cat", &["cat"], |_| {});
+    pod.shim.create(with_stdin("cat", bundle, false)).await.unwrap();
+    pod.shim.start("cat").await.unwrap();
+    std::fs::write(pod.shim.stdin_path("cat"), "hello\n").unwrap();
+    eventually("cat to echo its input", || !pod.log_entries("cat").is_empty()).await;
+    pod.shim.close_stdin("cat").await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(5), pod.shim.wait("cat")).await.expect("cat ends at end of input").unwrap();
+    assert_eq!(exit.code, 0);
+    assert_eq!(pod.log_entries("cat"), [entry("stdout", "F", "hello")]);
+
+    let bundle = pod.bundle("tty", &["sh", "-c", "read go; stty size"], |config| config["process"]["terminal"] = json!(true));
+    pod.shim.create(with_stdin("tty", bundle, true)).await.unwrap();
+    pod.shim.start("tty").await.unwrap();
+    pod.shim.resize_pty("tty", 123, 45).await.unwrap();
+    std::fs::write(pod.shim.stdin_path("tty"), "go\n").unwrap();
+    assert_eq!(pod.shim.wait("tty").await.unwrap().code, 0);
+    assert!(pod.log_entries("tty").contains(&entry("stdout", "F", "45 123")), "{:?}", pod.log_entries("tty"));
+    assert!(matches!(pod.shim.resize_pty("cat", 80, 24).await, Err(ShimError::FailedPrecondition(_))), "no terminal to resize");
+
+    let init = pod.run("pair", &["sh", "-c", "sleep 1000 & sleep 1000"], |_| {}).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pids = loop {
+        let pids = pod.shim.pids("pair").await.unwrap();
+        if pids.len() == 2 || Instant::now() > deadline {
+            break pids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(pids.contains(&init) && pids.len() == 2, "{pids:?}");
+}
+
+#[tokio::test]
+async fn the_task_api_answers_under_containerds_v2_name() {
+    use containerd_shim_protos::{api, protobuf::Message, ttrpc};
+    let pod = Pod::new().await;
+    let init = pod.run("box", &["sleep", "1000"], |_| {}).await;
+    let socket = format!("unix://{}", pod.state_dir().join("shim.sock").display());
+    let client = ttrpc::r#async::Client::connect(&socket).await.unwrap();
+    let mut request = ttrpc::Request::new();
+    request.set_service("containerd.task.v2.Task".into());
+    request.set_method("Connect".into());
+    request.payload = api::ConnectRequest { id: "box".into(), ..Default::default() }.write_to_bytes().unwrap();
+    let response = client.request(request).await.unwrap();
+    let connected = api::ConnectResponse::parse_from_bytes(&response.payload).unwrap();
+    assert_eq!((connected.shim_pid, connected.task_pid), (pod.shim.shim_pid(), init));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(pod.state_dir().join("shim.sock")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "only root may talk to the shim");
 }
 
 #[tokio::test]

@@ -432,6 +432,27 @@ impl ShimClient {
         }
     }
 
+    /// The processes in the container (from its cgroup).
+    pub async fn pids(&self, id: &str) -> Result<Vec<u32>, ShimError> {
+        let request = api::PidsRequest { id: id.into(), ..Default::default() };
+        let response = self.call("Pids", Some(CALL_TIMEOUT), self.task.pids(Self::context(), &request)).await?;
+        Ok(response.processes.iter().map(|process| process.pid).collect())
+    }
+
+    /// Ends the container's stdin: its process reads end-of-file.
+    pub async fn close_stdin(&self, id: &str) -> Result<(), ShimError> {
+        let request = api::CloseIORequest { id: id.into(), stdin: true, ..Default::default() };
+        self.call("CloseIO", Some(CALL_TIMEOUT), self.task.close_io(Self::context(), &request)).await?;
+        Ok(())
+    }
+
+    /// Sets the window size of the container's terminal.
+    pub async fn resize_pty(&self, id: &str, width: u32, height: u32) -> Result<(), ShimError> {
+        let request = api::ResizePtyRequest { id: id.into(), width, height, ..Default::default() };
+        self.call("ResizePty", Some(CALL_TIMEOUT), self.task.resize_pty(Self::context(), &request)).await?;
+        Ok(())
+    }
+
     /// Makes the shim reopen a container's CRI log file, after kubelet rotated it.
     pub async fn reopen_log(&self, id: &str) -> Result<(), ShimError> {
         self.extra_call(REOPEN_LOG_METHOD, id).await?;
