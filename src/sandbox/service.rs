@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::images::ImageService;
 use crate::images::manifest::ImageConfig;
 use crate::oci::{self, ContainerSpec, HostFacts, ImageDefaults, Resources, SandboxContext};
-use crate::shim::{CreateTask, ExecOutput, ShimClient, SpawnOptions, Stats, TaskStatus};
+use crate::shim::{CreateTask, ExecOutput, ShimClient, SpawnOptions, Stats, TaskStatus, cgroup_tree};
 use crate::store::{Kind, Store};
 
 /// /dev/shm of a pod, as Docker and containerd size it.
@@ -390,13 +390,22 @@ impl PodService {
                 self.stop_container_inner(&container.id, Some(Duration::ZERO)).await?;
             }
         }
-        if let Ok(shim) = self.shim(&pod.id).await {
-            match shim.state(&pod.id).await {
+        match self.shim(&pod.id).await {
+            Ok(shim) => match shim.state(&pod.id).await {
                 Ok(state) if state.status != TaskStatus::Stopped => {
                     shim.kill(&pod.id, libc::SIGKILL as u32, true).await?;
                     let _ = tokio::time::timeout(KILL_REAP_TIMEOUT, shim.wait(&pod.id)).await;
                 }
                 _ => {}
+            },
+            Err(e) => {
+                // Nobody supervises the pod's processes any more: end them directly.
+                let cgroup = pod.cgroup_parent.clone();
+                let killed = tokio::task::spawn_blocking(move || cgroup_tree::kill_all(&cgroup))
+                    .await
+                    .map_err(|e| SandboxError::FailedPrecondition(format!("cgroup task: {e}")))?
+                    .map_err(SandboxError::io(format!("killing the processes of cgroup {}", pod.cgroup_parent)))?;
+                tracing::warn!(pod = %pod.id, killed, error = %e, "pod's shim is gone; killed its processes through the cgroup");
             }
         }
         let pod_dir = self.pod_dir(&pod.id);
@@ -429,6 +438,15 @@ impl PodService {
         }
         self.inner.shims.lock().await.remove(&pod.id);
         self.remove_bundle(&pod.id)?;
+        // runc removes the containers' cgroups; the pod's own level is berth's,
+        // unless kubelet gave the parent (then kubelet owns it).
+        if pod.config.cgroup_parent.is_empty() {
+            let cgroup = pod.cgroup_parent.clone();
+            tokio::task::spawn_blocking(move || cgroup_tree::remove(&cgroup))
+                .await
+                .map_err(|e| SandboxError::FailedPrecondition(format!("cgroup task: {e}")))?
+                .map_err(SandboxError::io(format!("removing cgroup {}", pod.cgroup_parent)))?;
+        }
         for dir in [self.pod_dir(&pod.id), self.shim_dir(&pod.id)] {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(SandboxError::io(format!("removing {}", dir.display())))?;

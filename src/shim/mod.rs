@@ -30,6 +30,7 @@
 //! a process of the container; answers `google.protobuf.BoolValue`).
 
 mod cgroup;
+pub mod cgroup_tree;
 pub mod client;
 mod cri_log;
 mod reaper;
