@@ -254,6 +254,10 @@ async fn exec_sync_collects_output_and_exit_codes() {
     let leftovers: Vec<_> = std::fs::read_dir(pod.state_dir().join("io")).unwrap().flatten().map(|entry| entry.file_name()).collect();
     assert!(leftovers.is_empty(), "exec FIFOs are removed: {leftovers:?}");
     assert!(matches!(pod.shim.exec_sync("nope", &process(&["true"]), None).await, Err(ShimError::NotFound(_))));
+    match pod.shim.exec_sync("box", &process(&["no-such-command"]), None).await {
+        Err(ShimError::Shim { message, .. }) => assert!(message.contains("no-such-command"), "the runtime's reason is passed on: {message}"),
+        other => panic!("{other:?}"),
+    }
     pod.shim.kill_and_shutdown().await.unwrap();
     assert!(!pod.state_dir().join("shim.pid").exists());
 }

@@ -286,7 +286,8 @@ impl ShimClient {
     pub async fn wait(&self, id: &str) -> Result<Exit, ShimError> {
         let request = api::WaitRequest { id: id.into(), ..Default::default() };
         let response = self.call("Wait", None, self.task.wait(Self::context(), &request)).await?;
-        let oom_killed = self.oom_killed(id).await?;
+        // The exit stands even if the container was deleted right after it.
+        let oom_killed = self.oom_killed(id).await.unwrap_or(false);
         Ok(Exit { code: response.exit_status as i32, exited_at: system_time(&response.exited_at), oom_killed })
     }
 
@@ -303,7 +304,7 @@ impl ShimClient {
             TaskStatus::Stopped => Some(Exit {
                 code: response.exit_status as i32,
                 exited_at: system_time(&response.exited_at),
-                oom_killed: self.oom_killed(id).await?,
+                oom_killed: self.oom_killed(id).await.unwrap_or(false),
             }),
             _ => None,
         };

@@ -310,11 +310,16 @@ impl<R: OciRuntime> TaskService<R> {
         ));
         let pid_file = work_dir.join("init.pid");
         let launched = self
-            .launch(&init, stdin, stdout, stderr, pid_file, |spec| self.state.runtime.create(&request.id, &bundle, spec))
+            .launch(&init, stdin, stdout, stderr, pid_file.clone(), |spec| self.state.runtime.create(&request.id, &bundle, spec))
             .await;
         let exited = match launched {
             Ok(exited) => exited,
             Err(error) => {
+                // The runtime writes the pid file only once it created the
+                // container; then the failure came after, and the container goes.
+                if pid_file.exists() {
+                    let _ = self.state.runtime.delete(&request.id, true).await;
+                }
                 let _ = std::fs::remove_dir_all(&work_dir);
                 return Err(error);
             }
@@ -352,6 +357,9 @@ impl<R: OciRuntime> TaskService<R> {
         let mut io = ProcessIo::default();
         let mut output_copies = Vec::new();
         let mut input_copy = None;
+        if process.terminal && matches!(stdin, Input::File(_)) {
+            return Err(TaskError::InvalidArgument("stdin: a terminal takes its input from a FIFO only".into()));
+        }
         let started_under_way = self.state.reaper.start_under_way();
         if process.terminal {
             let sequence = self.state.console_sequence.fetch_add(1, Ordering::Relaxed);
@@ -382,10 +390,8 @@ impl<R: OciRuntime> TaskService<R> {
             // A terminal merges stderr into stdout.
             drop(stderr);
             output_copies.push(OutputCopy { source: reader, sink: stdout });
-            match stdin {
-                Input::Fifo(source) => input_copy = Some(InputCopy { source, sink: console.clone() }),
-                Input::File(_) => return Err(TaskError::InvalidArgument("stdin: a terminal takes its input from a FIFO only".into())),
-                Input::None => {}
+            if let Input::Fifo(source) = stdin {
+                input_copy = Some(InputCopy { source, sink: console.clone() });
             }
             io.console = Some(console);
         } else {
@@ -472,9 +478,20 @@ impl<R: OciRuntime> TaskService<R> {
         let stdin = Input::open(&process.stdin)?;
         let stdout = Output::open_raw(&process.stdout, "stdout")?;
         let stderr = Output::open_raw(&process.stderr, "stderr")?;
-        let launched = self.launch(&process, stdin, stdout, stderr, pid_file, |spec| self.state.runtime.exec(&id, &spec_path, spec)).await;
+        let launched =
+            self.launch(&process, stdin, stdout, stderr, pid_file.clone(), |spec| self.state.runtime.exec(&id, &spec_path, spec)).await;
         let _ = std::fs::remove_file(&spec_path);
-        let exited = launched?;
+        let exited = match launched {
+            Ok(exited) => exited,
+            Err(error) => {
+                // A pid file means the process runs although its start failed after; it goes.
+                if let Ok(pid) = read_pid_file(&pid_file) {
+                    // SAFETY: kill has no memory effects.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+                return Err(error);
+            }
+        };
         let pid = process.state().pid;
         tokio::spawn(self.clone().supervise(container, process, exited));
         Ok(pid)
