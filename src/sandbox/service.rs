@@ -390,16 +390,20 @@ impl PodService {
                 self.stop_container_inner(&container.id, Some(Duration::ZERO)).await?;
             }
         }
-        match self.shim(&pod.id).await {
-            Ok(shim) => match shim.state(&pod.id).await {
-                Ok(state) if state.status != TaskStatus::Stopped => {
+        let shim_state = match self.shim(&pod.id).await {
+            Ok(shim) => shim.state(&pod.id).await.map(|state| (shim, state)).map_err(SandboxError::from),
+            Err(e) => Err(e),
+        };
+        match shim_state {
+            Ok((shim, state)) => {
+                if state.status != TaskStatus::Stopped {
                     shim.kill(&pod.id, libc::SIGKILL as u32, true).await?;
                     let _ = tokio::time::timeout(KILL_REAP_TIMEOUT, shim.wait(&pod.id)).await;
                 }
-                _ => {}
-            },
+            }
             Err(e) => {
                 // Nobody supervises the pod's processes any more: end them directly.
+                self.inner.shims.lock().await.remove(&pod.id);
                 let cgroup = pod.cgroup_parent.clone();
                 let killed = tokio::task::spawn_blocking(move || cgroup_tree::kill_all(&cgroup))
                     .await
