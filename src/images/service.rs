@@ -19,7 +19,7 @@ use super::registry::{Credentials, RegistryClient};
 use super::snapshots::Snapshots;
 use crate::config::Config;
 use super::manifest::ImageConfig;
-use crate::store::{ImageRecord, Lease, Store};
+use crate::store::{ImageRecord, Store};
 
 /// An image as callers see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -272,9 +272,7 @@ impl ImageService {
             })?;
             lowerdirs.push(inner.snapshots.fs_path(snapshot.id));
         }
-        let id = inner.store.allocate_snapshot_id()?;
-        let lease = Lease { diff_ids: record.layers.iter().map(|l| l.diff_id.clone()).collect(), snapshot_ids: vec![id] };
-        inner.store.put_lease(owner, &lease)?;
+        let id = inner.store.lease_with_new_snapshot(owner, record.layers.iter().map(|l| l.diff_id.clone()).collect())?;
         let (upperdir, workdir) = inner.snapshots.create_writable(id)?;
         Ok(RootfsLayers { lowerdirs, upperdir, workdir })
     }

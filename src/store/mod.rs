@@ -222,8 +222,22 @@ impl Store {
         self.list_table(LEASES)
     }
 
-    pub fn put_lease(&self, owner: &str, lease: &Lease) -> Result<(), StoreError> {
-        self.put_json(LEASES, owner, lease)
+    /// Records a lease on `diff_ids` plus a writable snapshot id allocated for it,
+    /// in one transaction (one sync instead of two on the container-create path).
+    pub fn lease_with_new_snapshot(&self, owner: &str, diff_ids: Vec<String>) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let id = {
+            let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+            let id = counters.get(NEXT_SNAPSHOT_ID).map_err(db_err)?.map_or(1, |v| v.value());
+            counters.insert(NEXT_SNAPSHOT_ID, id + 1).map_err(db_err)?;
+            let lease = Lease { diff_ids, snapshot_ids: vec![id] };
+            let value = serde_json::to_vec(&lease).expect("leases always serialise");
+            let mut leases = txn.open_table(LEASES).map_err(db_err)?;
+            leases.insert(owner, value.as_slice()).map_err(db_err)?;
+            id
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(id)
     }
 
     pub fn remove_lease(&self, owner: &str) -> Result<(), StoreError> {
