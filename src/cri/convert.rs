@@ -219,7 +219,6 @@ pub fn container_request(config: Option<cri::ContainerConfig>) -> Result<Contain
         seccomp: seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path, "config.linux.security_context.seccomp")?,
         apparmor: apparmor(sc.apparmor.as_ref(), &sc.apparmor_profile)?,
         namespaces: NamespaceOptions { network: oci_mode(ns.network, "network")?, pid, ipc: oci_mode(ns.ipc, "ipc")? },
-        ..Default::default()
     };
     let mut mounts = Vec::new();
     for (i, m) in config.mounts.iter().enumerate() {

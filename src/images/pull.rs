@@ -326,11 +326,11 @@ struct TeeReader {
 impl TeeReader {
     /// Fills the current chunk (if the stream has one) and returns it unread.
     fn peek(&mut self) -> io::Result<&[u8]> {
-        if self.current.is_empty() {
-            if let Some(chunk) = self.chunks.blocking_recv() {
-                self.blob.write_all(&chunk)?;
-                self.current = chunk;
-            }
+        if self.current.is_empty()
+            && let Some(chunk) = self.chunks.blocking_recv()
+        {
+            self.blob.write_all(&chunk)?;
+            self.current = chunk;
         }
         Ok(&self.current)
     }

@@ -149,10 +149,10 @@ impl PreparedSnapshot {
 
 impl Drop for PreparedSnapshot {
     fn drop(&mut self) {
-        if let Some(root) = self.root.take() {
-            if let Err(e) = fs::remove_dir_all(&root) {
-                tracing::warn!(path = %root.display(), error = %e, "could not remove an abandoned layer unpack");
-            }
+        if let Some(root) = self.root.take()
+            && let Err(e) = fs::remove_dir_all(&root)
+        {
+            tracing::warn!(path = %root.display(), error = %e, "could not remove an abandoned layer unpack");
         }
     }
 }

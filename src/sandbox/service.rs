@@ -740,10 +740,10 @@ impl PodService {
         if container.state == ContainerState::Running {
             self.stop_container_inner(&container.id, None).await?;
         }
-        if let Ok(shim) = self.shim(&container.pod_id).await {
-            if let Err(e) = shim.delete(&container.id).await {
-                tracing::debug!(container = %container.id, error = %e, "task delete");
-            }
+        if let Ok(shim) = self.shim(&container.pod_id).await
+            && let Err(e) = shim.delete(&container.id).await
+        {
+            tracing::debug!(container = %container.id, error = %e, "task delete");
         }
         self.remove_bundle(&container.id)?;
         if let Some(log) = &container.log_path {
