@@ -26,6 +26,24 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub cni: CniSettings,
     pub runtime: RuntimeConfig,
+    pub streaming: StreamingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Where the exec/attach/port-forward server listens. Port 0 picks a free
+    /// port; loopback by default because its URLs carry no authentication but
+    /// their tokens.
+    pub address: std::net::SocketAddr,
+    /// How long a URL returned by Exec/Attach/PortForward stays usable if unused.
+    pub token_ttl_seconds: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig { address: std::net::SocketAddr::from(([127, 0, 0, 1], 0)), token_ttl_seconds: 60 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -89,6 +107,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             cni: CniSettings::default(),
             runtime: RuntimeConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -132,6 +151,9 @@ impl Config {
         }
         if !self.runtime.effective_handlers().contains_key(&self.runtime.default_handler) {
             return Err(("runtime.default_handler", format!("{:?} is not a configured handler", self.runtime.default_handler)));
+        }
+        if self.streaming.token_ttl_seconds == 0 {
+            return Err(("streaming.token_ttl_seconds", "must be at least 1".into()));
         }
         for (host, endpoints) in &self.registry.mirrors {
             for endpoint in endpoints {

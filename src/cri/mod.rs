@@ -7,6 +7,7 @@ mod convert;
 mod image;
 mod runtime;
 mod status;
+pub mod streaming;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -20,6 +21,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::images::ImageService;
 use crate::sandbox::PodService;
+use streaming::StreamingServer;
 
 pub use image::CriImageService;
 pub use runtime::CriRuntimeService;
@@ -30,6 +32,8 @@ pub enum ServeError {
     InUse { path: String },
     #[error("socket {path}: {source}")]
     Socket { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Streaming(#[from] streaming::StreamingError),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -49,12 +53,13 @@ pub async fn serve(
         std::fs::create_dir_all(parent).map_err(sock_err)?;
     }
     remove_stale_socket(path).await?;
+    let streaming = StreamingServer::start(&config.streaming, pods.clone()).await?;
     let listener = UnixListener::bind(path).map_err(sock_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(sock_err)?;
     tracing::info!(socket = %shown, "serving CRI v1");
 
     let result = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(CriRuntimeService::new(config.clone(), pods)))
+        .add_service(RuntimeServiceServer::new(CriRuntimeService::new(config.clone(), pods, streaming)))
         .add_service(ImageServiceServer::new(CriImageService::new(images)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

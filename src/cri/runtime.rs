@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, labels_match};
 use super::status::missing;
+use super::streaming::{ExecRequest, StreamingServer};
 use crate::config::Config;
 use crate::oci::PidNamespace;
 use crate::sandbox::PodService;
@@ -22,14 +23,15 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 pub struct CriRuntimeService {
     config: Config,
     pods: PodService,
+    streaming: StreamingServer,
     /// The previous CPU sample per container or pod, to turn cumulative usage into
     /// a rate (nanocores) as the kubelet's summary API expects.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 impl CriRuntimeService {
-    pub fn new(config: Config, pods: PodService) -> Self {
-        CriRuntimeService { config, pods, cpu_samples: Mutex::default() }
+    pub fn new(config: Config, pods: PodService, streaming: StreamingServer) -> Self {
+        CriRuntimeService { config, pods, streaming, cpu_samples: Mutex::default() }
     }
 
     fn cpu_usage(&self, id: &str, stats: &Stats) -> cri::CpuUsage {
@@ -415,10 +417,40 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         Err(not_yet("get_container_events"))
     }
 
+    async fn exec(&self, request: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        let request = request.into_inner();
+        if request.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd: must not be empty"));
+        }
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
+        }
+        if request.tty && request.stderr {
+            return Err(Status::invalid_argument("tty and stderr: a terminal merges stderr into stdout, so they cannot both be set"));
+        }
+        let container = self.pods.running_container(&request.container_id)?;
+        let url = self.streaming.exec_url(ExecRequest {
+            container_id: container.id,
+            cmd: request.cmd,
+            tty: request.tty,
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        });
+        Ok(Response::new(cri::ExecResponse { url }))
+    }
+
+    async fn port_forward(&self, request: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let request = request.into_inner();
+        let pod = self.pods.pod(&request.pod_sandbox_id)?.ok_or_else(|| Status::not_found(format!("pod sandbox {} not found", request.pod_sandbox_id)))?;
+        if let Some(port) = request.port.iter().find(|&&port| !(1..=65535).contains(&port)) {
+            return Err(Status::invalid_argument(format!("port: {port} is not a port number")));
+        }
+        Ok(Response::new(cri::PortForwardResponse { url: self.streaming.port_forward_url(pod.id) }))
+    }
+
     not_yet_served! {
-        exec(ExecRequest) -> ExecResponse;
         attach(AttachRequest) -> AttachResponse;
-        port_forward(PortForwardRequest) -> PortForwardResponse;
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::images::ImageService;
 use crate::images::manifest::ImageConfig;
 use crate::oci::{self, ContainerSpec, HostFacts, ImageDefaults, Resources, SandboxContext};
+use crate::shim::client::{ExecSession, ExecStreams};
 use crate::shim::{CreateTask, ExecOutput, ShimClient, SpawnOptions, Stats, TaskStatus, cgroup_tree};
 use crate::store::{Kind, Store};
 
@@ -29,6 +30,8 @@ const SHM_SIZE: u64 = 64 * 1024 * 1024;
 /// How long a SIGKILLed container may take to be reaped before StopContainer
 /// reports failure instead of hanging kubelet.
 const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long port-forward waits for a connection inside the pod.
+const PORT_FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CGROUP_PARENT: &str = "/berth";
 /// Hex digits of the pod id naming its shim directory: 64 random bits.
 const SHIM_DIR_ID_LEN: usize = 16;
@@ -766,6 +769,51 @@ impl PodService {
         let process = oci::exec_process(&spec, cmd, false)?;
         let shim = self.shim(&container.pod_id).await?;
         Ok(shim.exec_sync(&container.id, &process, timeout).await?)
+    }
+
+    /// The container an interactive exec or attach would reach, if it runs.
+    pub fn running_container(&self, id: &str) -> Result<ContainerRecord, SandboxError> {
+        let container = self.require_container(id)?;
+        if container.state != ContainerState::Running {
+            return Err(SandboxError::FailedPrecondition(format!("container {} is not running", container.id)));
+        }
+        Ok(container)
+    }
+
+    /// Starts `cmd` in a running container with the given streams connected;
+    /// `tty` gives it a terminal (stdout then carries both output streams).
+    pub async fn exec(&self, id: &str, cmd: &[String], tty: bool, streams: ExecStreams) -> Result<ExecSession, SandboxError> {
+        let container = self.running_container(id)?;
+        if cmd.is_empty() {
+            return Err(SandboxError::invalid("cmd", "must not be empty"));
+        }
+        let spec = self.read_spec(&container.id)?;
+        let process = oci::exec_process(&spec, cmd, tty)?;
+        let shim = self.shim(&container.pod_id).await?;
+        Ok(shim.exec(&container.id, &process, streams).await?)
+    }
+
+    /// Connects to `127.0.0.1:port` as seen from inside a ready pod's network.
+    pub async fn port_forward(&self, pod_id: &str, port: u16) -> Result<tokio::net::TcpStream, SandboxError> {
+        let pod = self.require_pod(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(SandboxError::FailedPrecondition(format!("pod sandbox {} is not ready", pod.id)));
+        }
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let context = format!("pod sandbox {}: connecting to {target}", pod.id);
+        let stream = match pod.netns.clone() {
+            // The socket belongs to the namespace it was created in; connecting on
+            // a blocking thread keeps the namespace switch off the runtime's threads.
+            Some(path) => tokio::task::spawn_blocking(move || {
+                netns::run_in(&path, || std::net::TcpStream::connect_timeout(&target, PORT_FORWARD_CONNECT_TIMEOUT))
+            })
+            .await
+            .map_err(|error| SandboxError::io(context.clone())(std::io::Error::other(error)))??
+            .map_err(SandboxError::io(context.clone()))?,
+            None => return tokio::net::TcpStream::connect(target).await.map_err(SandboxError::io(context)),
+        };
+        stream.set_nonblocking(true).map_err(SandboxError::io(context.clone()))?;
+        tokio::net::TcpStream::from_std(stream).map_err(SandboxError::io(context))
     }
 
     pub async fn update_resources(&self, id: &str, resources: Resources) -> Result<(), SandboxError> {

@@ -325,25 +325,51 @@ impl ShimClient {
         }))
     }
 
-    /// Runs a process in the container and collects its output: the process
-    /// writes into FIFOs this client creates in the shim directory and removes
-    /// afterwards. After `timeout` the process is killed and `timed_out` set.
-    pub async fn exec_sync(&self, id: &str, process: &oci_spec::runtime::Process, timeout: Option<Duration>) -> Result<ExecOutput, ShimError> {
+    /// Creates the FIFOs of an exec'd process, has the shim run it on them, and
+    /// opens this side of each. The FIFO files are gone when this returns; the
+    /// open ends keep the pipes alive, so no file outlives the process however
+    /// the caller ends.
+    async fn start_exec(&self, id: &str, process: &oci_spec::runtime::Process, streams: ExecStreams) -> Result<ExecPipes, ShimError> {
         let exec_id = format!("exec-{:016x}", rand::random::<u64>());
         let io_dir = self.state_dir.join("io");
-        let fifos = ExecFifos { stdout: io_dir.join(format!("{exec_id}.stdout")), stderr: io_dir.join(format!("{exec_id}.stderr")) };
-        make_fifo(&fifos.stdout)?;
-        make_fifo(&fifos.stderr)?;
-        let open = |path: &Path| pipe::OpenOptions::new().open_receiver(path).map_err(|source| ShimError::Io { path: path.to_path_buf(), source });
-        let (stdout, stderr) = (open(&fifos.stdout)?, open(&fifos.stderr)?);
+        let path = |stream: &str, wanted: bool| wanted.then(|| io_dir.join(format!("{exec_id}.{stream}")));
+        let fifos = ExecFifos {
+            stdin: path("stdin", streams.stdin),
+            stdout: path("stdout", streams.stdout),
+            stderr: path("stderr", streams.stderr && !process.terminal().unwrap_or(false)),
+        };
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ShimError::Io { path, source }
+        };
+        let mut receivers = Vec::new();
+        for fifo in [&fifos.stdout, &fifos.stderr] {
+            receivers.push(match fifo {
+                Some(path) => {
+                    make_fifo(path)?;
+                    Some(pipe::OpenOptions::new().open_receiver(path).map_err(io_error(path))?)
+                }
+                None => None,
+            });
+        }
+        let stdin = match &fifos.stdin {
+            Some(path) => {
+                make_fifo(path)?;
+                // Read-write, so that opening never waits for (or fails without) the shim's end.
+                Some(pipe::OpenOptions::new().read_write(true).open_sender(path).map_err(io_error(path))?)
+            }
+            None => None,
+        };
+        let shown = |fifo: &Option<PathBuf>| fifo.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
 
         let spec = serde_json::to_vec(process).map_err(|error| ShimError::InvalidArgument(format!("process: {error}")))?;
         let request = api::ExecProcessRequest {
             id: id.into(),
             exec_id: exec_id.clone(),
             terminal: process.terminal().unwrap_or(false),
-            stdout: fifos.stdout.display().to_string(),
-            stderr: fifos.stderr.display().to_string(),
+            stdin: shown(&fifos.stdin),
+            stdout: shown(&fifos.stdout),
+            stderr: shown(&fifos.stderr),
             spec: MessageField::some(Any { type_url: PROCESS_TYPE_URL.into(), value: spec, ..Default::default() }),
             ..Default::default()
         };
@@ -353,9 +379,20 @@ impl ShimClient {
             self.delete_exec(id, &exec_id).await;
             return Err(error);
         }
+        let stderr = receivers.pop().flatten();
+        let stdout = receivers.pop().flatten();
+        Ok(ExecPipes { exec_id, stdin, stdout, stderr })
+    }
+
+    /// Runs a process in the container and collects its output: the process
+    /// writes into FIFOs this client creates in the shim directory and removes
+    /// afterwards. After `timeout` the process is killed and `timed_out` set.
+    pub async fn exec_sync(&self, id: &str, process: &oci_spec::runtime::Process, timeout: Option<Duration>) -> Result<ExecOutput, ShimError> {
+        let streams = ExecStreams { stdin: false, stdout: true, stderr: true };
+        let ExecPipes { exec_id, stdout, stderr, .. } = self.start_exec(id, process, streams).await?;
         // Read only now: before the shim opened the FIFOs for writing, a read would see their end.
-        let stdout = OutputCollector::start(stdout);
-        let stderr = OutputCollector::start(stderr);
+        let stdout = stdout.map(OutputCollector::start);
+        let stderr = stderr.map(OutputCollector::start);
 
         let wait_request = api::WaitRequest { id: id.into(), exec_id: exec_id.clone(), ..Default::default() };
         let wait = self.call("Wait", None, self.task.wait(Self::context(), &wait_request));
@@ -364,16 +401,44 @@ impl ShimClient {
             Some(limit) => match tokio::time::timeout(limit, wait).await {
                 Ok(exited) => (exited, false),
                 Err(_) => {
-                    let kill = api::KillRequest { id: id.into(), exec_id: exec_id.clone(), signal: libc::SIGKILL as u32, ..Default::default() };
-                    let _ = self.call("Kill", Some(CALL_TIMEOUT), self.task.kill(Self::context(), &kill)).await;
+                    let _ = self.signal_exec(id, &exec_id, libc::SIGKILL as u32).await;
                     (self.call("Wait", Some(CALL_TIMEOUT), self.task.wait(Self::context(), &wait_request)).await, true)
                 }
             },
         };
-        let (stdout, stderr) = (stdout.finish().await, stderr.finish().await);
+        let finish = |collector: Option<OutputCollector>| async move {
+            match collector {
+                Some(collector) => collector.finish().await,
+                None => Vec::new(),
+            }
+        };
+        let (stdout, stderr) = (finish(stdout).await, finish(stderr).await);
         self.delete_exec(id, &exec_id).await;
         let exit = exited?;
         Ok(ExecOutput { stdout, stderr, exit_code: exit.exit_status as i32, timed_out })
+    }
+
+    /// Starts an interactive process in the container, wired to pipes the caller
+    /// drives. The shim forgets the process once it exited (see [`ExecSession::exit`]),
+    /// whether or not anybody still listens.
+    pub async fn exec(&self, id: &str, process: &oci_spec::runtime::Process, streams: ExecStreams) -> Result<ExecSession, ShimError> {
+        let ExecPipes { exec_id, stdin, stdout, stderr } = self.start_exec(id, process, streams).await?;
+        let (exit_sender, exit) = tokio::sync::oneshot::channel();
+        let (client, container_id, waited_exec) = (self.clone(), id.to_string(), exec_id.clone());
+        tokio::spawn(async move {
+            let request = api::WaitRequest { id: container_id.clone(), exec_id: waited_exec.clone(), ..Default::default() };
+            let exited = client.call("Wait", None, client.task.wait(Self::context(), &request)).await;
+            client.delete_exec(&container_id, &waited_exec).await;
+            let _ = exit_sender.send(exited.map(|response| response.exit_status as i32));
+        });
+        let control = ExecControl { client: self.clone(), container_id: id.to_string(), exec_id };
+        Ok(ExecSession { stdin, stdout, stderr, exit, control })
+    }
+
+    async fn signal_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), ShimError> {
+        let kill = api::KillRequest { id: id.into(), exec_id: exec_id.into(), signal, ..Default::default() };
+        self.call("Kill", Some(CALL_TIMEOUT), self.task.kill(Self::context(), &kill)).await?;
+        Ok(())
     }
 
     async fn delete_exec(&self, id: &str, exec_id: &str) {
@@ -569,17 +634,95 @@ fn make_fifo(path: &Path) -> Result<(), ShimError> {
     rustix::fs::mkfifoat(rustix::fs::CWD, path, rustix::fs::Mode::from_bits_truncate(0o600)).map_err(|errno| io_error(errno.into()))
 }
 
-/// The FIFOs of one `exec_sync`, removed when it ends however it ends.
+/// Which standard streams of an exec'd process the caller connects. A terminal
+/// process (`process.terminal`) has no separate stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecStreams {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// The FIFO files of one exec, removed once both ends are open (or the start failed).
 struct ExecFifos {
-    stdout: PathBuf,
-    stderr: PathBuf,
+    stdin: Option<PathBuf>,
+    stdout: Option<PathBuf>,
+    stderr: Option<PathBuf>,
 }
 
 impl Drop for ExecFifos {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.stdout);
-        let _ = std::fs::remove_file(&self.stderr);
+        for path in [&self.stdin, &self.stdout, &self.stderr].into_iter().flatten() {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+struct ExecPipes {
+    exec_id: String,
+    stdin: Option<pipe::Sender>,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+}
+
+/// A running interactive exec: its pipes, its exit code to come, and its controls.
+pub struct ExecSession {
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+    /// The exit code once the process ended (128 + signal when killed).
+    pub exit: tokio::sync::oneshot::Receiver<Result<i32, ShimError>>,
+    pub control: ExecControl,
+}
+
+/// Acts on one exec'd process; clones act on the same one.
+#[derive(Clone)]
+pub struct ExecControl {
+    client: ShimClient,
+    container_id: String,
+    exec_id: String,
+}
+
+/// How long stdin may take to drain into the process before CloseIO cuts it.
+const STDIN_DRAIN: Duration = Duration::from_secs(5);
+
+impl ExecControl {
+    pub async fn resize(&self, width: u32, height: u32) -> Result<(), ShimError> {
+        let request = api::ResizePtyRequest { id: self.container_id.clone(), exec_id: self.exec_id.clone(), width, height, ..Default::default() };
+        self.client.call("ResizePty", Some(CALL_TIMEOUT), self.client.task.resize_pty(Self::context(), &request)).await?;
+        Ok(())
+    }
+
+    /// Ends the process's stdin once what was written into `stdin` reached the
+    /// shim: CloseIO stops the shim's copy at once, and would drop bytes still
+    /// in the FIFO.
+    pub async fn close_stdin(&self, stdin: Option<&pipe::Sender>) -> Result<(), ShimError> {
+        if let Some(stdin) = stdin {
+            let deadline = tokio::time::Instant::now() + STDIN_DRAIN;
+            while unread_bytes(stdin) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let request = api::CloseIORequest { id: self.container_id.clone(), exec_id: self.exec_id.clone(), stdin: true, ..Default::default() };
+        self.client.call("CloseIO", Some(CALL_TIMEOUT), self.client.task.close_io(Self::context(), &request)).await?;
+        Ok(())
+    }
+
+    pub async fn signal(&self, signal: u32) -> Result<(), ShimError> {
+        self.client.signal_exec(&self.container_id, &self.exec_id, signal).await
+    }
+
+    fn context() -> ttrpc::context::Context {
+        ShimClient::context()
+    }
+}
+
+/// Bytes sitting in a pipe, not yet read by its other end.
+fn unread_bytes(pipe: &impl std::os::fd::AsRawFd) -> usize {
+    let mut count: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
+    let result = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut count) };
+    if result < 0 { 0 } else { count.max(0) as usize }
 }
 
 /// Reads one output FIFO in the background into a buffer that survives the

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Streaming scenarios: interactive exec through berthd's streaming server, as the
+# real crictl drives it over the WebSocket transport.
+#
+#   sudo crictl-tests/streaming.sh                          # berthd from target/release
+#   sudo BERTHD=target/debug/berthd crictl-tests/streaming.sh
+#
+# The streaming server listens on a fixed free loopback port of this run, so that
+# the scenarios can also speak HTTP to it directly.
+# shellcheck source=crictl-tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+BUSYBOX=docker.io/library/busybox:latest
+POD_NAMESPACE=berth-streaming
+SPECS="$WORKDIR/specs"
+mkdir -p "$SPECS"
+STREAMING_PORT=""
+
+# pod_config NAME: writes a pod sandbox config and prints its path.
+pod_config() {
+    jq -n --arg name "$1" --arg namespace "$POD_NAMESPACE" --arg logs "$WORKDIR/pod-logs/$1" '{
+        metadata: {name: $name, namespace: $namespace, uid: ("uid-" + $name), attempt: 0},
+        hostname: $name,
+        log_directory: $logs,
+        linux: {}
+    }' >"$SPECS/pod-$1.json"
+    echo "$SPECS/pod-$1.json"
+}
+
+# ctr_config NAME COMMAND...: a busybox container config running COMMAND.
+ctr_config() {
+    local name=$1 command="[]" word
+    shift
+    for word in "$@"; do
+        command=$(jq -c --arg word "$word" '. + [$word]' <<<"$command")
+    done
+    jq -n --arg name "$name" --arg image "$BUSYBOX" --argjson command "$command" '{
+        metadata: {name: $name},
+        image: {image: $image},
+        command: $command,
+        log_path: ($name + ".log"),
+        linux: {}
+    }' >"$SPECS/ctr-$name.json"
+    echo "$SPECS/ctr-$name.json"
+}
+
+# pod_with_ctr NAME COMMAND...: a pod NAME running one container NAME; sets POD and CTR.
+pod_with_ctr() {
+    local name=$1
+    shift
+    POD=$(cri runp "$(pod_config "$name")" 2> >(grep -v 'cgroup_parent is not set' >&2)) || return 1
+    echo "$POD" >>"$WORKDIR/pod-ids"
+    CTR=$(cri create "$POD" "$(ctr_config "$name" "$@")" "$SPECS/pod-$name.json") || return 1
+    cri start "$CTR" >/dev/null
+}
+
+remove_all_pods() {
+    cri rmp -af >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------- scenarios
+
+scenario_exec_pipes() {
+    local out status
+    pod_with_ctr exec-pipes sleep 3600 || { fail_check "a pod with a sleeping container runs" "$POD $CTR"; return; }
+    out=$(printf 'hello\nworld\n' | cri exec --transport websocket -i "$CTR" cat 2>&1)
+    check_eq "exec -i cat echoes piped stdin" $'hello\nworld' "$out"
+    out=$(head -c 300000 /dev/zero | tr '\0' x | cri exec --transport websocket -i "$CTR" wc -c 2>&1)
+    check_eq "exec -i passes 300000 bytes of stdin whole" 300000 "$(tr -d ' ' <<<"$out")"
+    out=$(cri exec --transport websocket "$CTR" sh -c 'echo to-out; echo to-err >&2' 2>/dev/null)
+    check_eq "exec without tty keeps stdout apart from stderr" to-out "$out"
+    out=$(cri exec --transport websocket "$CTR" sh -c 'echo to-out; echo to-err >&2' 2>&1 >/dev/null)
+    check_match "stderr arrives on stderr" '^to-err$' "$out"
+    # crictl itself exits 1 on any failed exec; the code arrives in the status it prints.
+    out=$(cri exec --transport websocket "$CTR" sh -c 'exit 3' 2>&1)
+    status=$?
+    check_match "exec of 'exit 3' reports exit code 3 (crictl status $status)" 'command terminated with exit code 3"?$' "$out"
+    check "exec of true exits 0" cri exec --transport websocket "$CTR" true
+    out=$(cri exec --transport websocket "$CTR" seq 1 20000 2>&1 | tail -1)
+    check_eq "a long output arrives complete before the exit status" 20000 "$out"
+    check_eq "no exec FIFO is left in the shim directory" "" "$(find "$DAEMON_STATE" -name 'exec-*' -type p 2>/dev/null)"
+    remove_all_pods
+}
+
+scenario_exec_tty() {
+    local out
+    pod_with_ctr exec-tty sleep 3600 || { fail_check "a pod with a sleeping container runs" "$POD $CTR"; return; }
+    # script(1) gives crictl a terminal; the typed lines reach sh through it.
+    out=$( (sleep 1; printf 'echo hi-from-$((6*7))\n'; sleep 1; printf 'exit 5\n'; sleep 1) |
+        timeout 30 script -qec "$CRICTL --config $CRICTL_CONFIG exec -it --transport websocket $CTR sh" /dev/null 2>&1)
+    check_match "sh in a terminal runs what was typed" 'hi-from-42' "$out"
+    check_match "exec -it reports the shell's exit code" 'command terminated with exit code 5' "$out"
+    # crictl sends its terminal's size on start: the process's terminal takes it.
+    out=$( (sleep 3) | timeout 30 script -qec "stty rows 37 cols 101; $CRICTL --config $CRICTL_CONFIG exec -it --transport websocket $CTR stty size" /dev/null 2>&1)
+    check_match "the terminal gets crictl's window size" '^37 101' "$out"
+    remove_all_pods
+}
+
+# garbage_request: what the streaming server answers to a request that is no HTTP.
+garbage_request() {
+    exec 3<>"/dev/tcp/127.0.0.1/$STREAMING_PORT" || return 1
+    printf '\x00\x01garbage\r\n\r\n' >&3
+    timeout 5 cat <&3
+    exec 3<&-
+}
+
+scenario_bad_urls() {
+    local base="http://127.0.0.1:$STREAMING_PORT" route
+    for route in exec/not-a-token attach/not-a-token portforward/not-a-token exec/ other; do
+        check_eq "GET /$route is 404" 404 "$(curl -s -o /dev/null -w '%{http_code}' "$base/$route")"
+    done
+    check_eq "a 404 tells nothing" "404 page not found" "$(curl -s "$base/exec/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")"
+    check_eq "a garbage request is 400" 400 "$(garbage_request | awk 'NR == 1 {print $2}')"
+}
+
+# ---------------------------------------------------------------- main
+
+echo "$SCENARIO_FILE: daemon $CRI_DAEMON, $("$CRICTL" --version), work dir $WORKDIR"
+[[ $CRI_DAEMON == berth ]] || die "these scenarios need berthd's streaming server"
+registry_start
+build_test_images >/dev/null
+push_test_images
+daemon_configure
+STREAMING_PORT=$(free_port) || die "no free port for the streaming server"
+cat >>"$WORKDIR/berth/config.toml" <<END_OF_STREAMING_CONFIG
+
+[streaming]
+address = "127.0.0.1:$STREAMING_PORT"
+END_OF_STREAMING_CONFIG
+sed -i "s|^conf_dir = .*|conf_dir = \"$WORKDIR/berth/cni\"|" "$WORKDIR/berth/config.toml"
+# A shim's socket path must stay under 108 bytes: the state gets a short directory of
+# its own (runc refuses a rootfs reached through a symlink), cleaned up on exit.
+SHORT_STATE=$(mktemp -d /run/bss.XXXXXX)
+sed -i "s|^state = .*|state = \"$SHORT_STATE\"|" "$WORKDIR/berth/config.toml"
+DAEMON_STATE=$SHORT_STATE
+remove_short_state_then_cleanup() {
+    local status=$? mount_point dir
+    trap '' INT TERM
+    remove_all_pods
+    daemon_stop quiet
+    findmnt -rn -o TARGET | grep -F "$SHORT_STATE/" | sort -r | while read -r mount_point; do
+        umount -l "$mount_point" 2>/dev/null
+    done
+    if [[ -s $WORKDIR/pod-ids ]]; then
+        find /sys/fs/cgroup -depth -mindepth 2 -type d -path '*/berth/*' 2>/dev/null |
+            grep -F -f "$WORKDIR/pod-ids" | while read -r dir; do rmdir "$dir" 2>/dev/null; done
+    fi
+    rm -rf "$SHORT_STATE"
+    (exit "$status")
+    cleanup
+}
+trap remove_short_state_then_cleanup EXIT
+daemon_start || die "$CRI_DAEMON did not start; log: $(tail -20 "$DAEMON_LOG")"
+cri pull "$BUSYBOX" >/dev/null || die "could not pull $BUSYBOX"
+
+scenario "exec -i over WebSocket: stdin, stdout, stderr, exit codes" scenario_exec_pipes
+scenario "exec -it over WebSocket: a shell in a terminal" scenario_exec_tty
+scenario "unknown tokens and bad requests get bare errors" scenario_bad_urls
+finish

@@ -1,0 +1,231 @@
+//! The HTTP/1.1 side: one request per connection, which either upgrades to a
+//! stream protocol or gets a short error answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use super::channel::ChannelProtocol;
+use super::tokens::TokenCache;
+use super::{PendingStream, portforward, remotecommand};
+use crate::sandbox::PodService;
+
+/// Largest request head accepted; upgrade requests are a few hundred bytes.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADERS: usize = 64;
+
+pub async fn accept_loop(listener: TcpListener, tokens: Arc<TokenCache<PendingStream>>, pods: PodService) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let (tokens, pods) = (tokens.clone(), pods.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = serve_connection(stream, &tokens, pods).await {
+                        tracing::debug!(%peer, %error, "streaming connection");
+                    }
+                });
+            }
+            Err(error) => {
+                // Out of descriptors, typically: wait instead of spinning.
+                tracing::warn!(%error, "accepting a streaming connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The parts of a request head the routes look at.
+#[derive(Debug, PartialEq)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn upgrades_to(&self, protocol: &str) -> bool {
+        self.header("upgrade").is_some_and(|value| value.split(',').any(|p| p.trim().eq_ignore_ascii_case(protocol)))
+    }
+
+    /// Values of a repeated query parameter, e.g. `port=80&port=443`.
+    pub fn query_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.query.split('&').filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("reading the request: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the request head did not arrive within {HEAD_TIMEOUT:?}")]
+    Timeout,
+    #[error("the request head exceeds {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("the connection closed before the request head ended")]
+    Truncated,
+    #[error("malformed request head: {0}")]
+    Malformed(String),
+}
+
+/// Parses a complete head; `Ok(None)` while more bytes are needed. Returns the
+/// head and its length in `buffer`.
+pub fn parse_head(buffer: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let length = match request.parse(buffer).map_err(|error| HeadError::Malformed(error.to_string()))? {
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(length) => length,
+    };
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let headers = request
+        .headers
+        .iter()
+        .map(|h| Ok((h.name.to_ascii_lowercase(), String::from_utf8(h.value.to_vec()).map_err(|_| HeadError::Malformed(format!("header {}: not UTF-8", h.name)))?)))
+        .collect::<Result<_, HeadError>>()?;
+    let head = RequestHead { method: request.method.unwrap_or_default().to_string(), path: path.to_string(), query: query.to_string(), headers };
+    Ok(Some((head, length)))
+}
+
+/// Reads up to the end of the request head; the bytes after it are returned too.
+async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), HeadError> {
+    let mut buffer = Vec::with_capacity(1024);
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 1024];
+            let count = stream.read(&mut chunk).await?;
+            if count == 0 {
+                return Err(HeadError::Truncated);
+            }
+            buffer.extend_from_slice(&chunk[..count]);
+            if let Some((head, length)) = parse_head(&buffer)? {
+                return Ok((head, buffer[length..].to_vec()));
+            }
+            if buffer.len() > MAX_HEAD {
+                return Err(HeadError::TooLarge);
+            }
+        }
+    };
+    tokio::time::timeout(HEAD_TIMEOUT, read).await.map_err(|_| HeadError::Timeout)?
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let response = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Exec,
+    Attach,
+    PortForward,
+}
+
+fn route(path: &str) -> Option<(Route, &str)> {
+    let (kind, token) = path.strip_prefix('/')?.split_once('/')?;
+    let route = match kind {
+        "exec" => Route::Exec,
+        "attach" => Route::Attach,
+        "portforward" => Route::PortForward,
+        _ => return None,
+    };
+    (!token.is_empty() && !token.contains('/')).then_some((route, token))
+}
+
+async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStream>, pods: PodService) -> Result<(), HeadError> {
+    let (head, leftover) = match read_head(&mut stream).await {
+        Ok(request) => request,
+        Err(error) => {
+            respond(&mut stream, "400 Bad Request", "malformed request\n").await?;
+            return Err(error);
+        }
+    };
+    // Whatever is wrong with the path or token, the answer is the same bare 404.
+    let pending = route(&head.path).and_then(|(route, token)| Some((route, tokens.take(token)?)));
+    let pending = match pending {
+        Some((Route::Exec, pending @ PendingStream::Exec(_))) => pending,
+        Some((Route::PortForward, pending @ PendingStream::PortForward { .. })) => pending,
+        _ => return Ok(respond(&mut stream, "404 Not Found", "404 page not found\n").await?),
+    };
+    if !head.upgrades_to("websocket") {
+        let reason = if head.upgrades_to("SPDY/3.1") {
+            "SPDY is not served by this build of berth yet: use --transport websocket\n"
+        } else {
+            "this endpoint serves WebSocket upgrades only\n"
+        };
+        return Ok(respond(&mut stream, "400 Bad Request", reason).await?);
+    }
+    let offered = head.header("sec-websocket-protocol");
+    let protocol = match &pending {
+        PendingStream::Exec(_) => ChannelProtocol::negotiate(offered),
+        PendingStream::PortForward { .. } => ChannelProtocol::negotiate_port_forward(offered),
+    };
+    let (Some(protocol), Some(key)) = (protocol, head.header("sec-websocket-key")) else {
+        let body = format!("no supported WebSocket subprotocol among {:?}, or no Sec-WebSocket-Key\n", offered.unwrap_or(""));
+        return Ok(respond(&mut stream, "400 Bad Request", &body).await?);
+    };
+    if head.method != "GET" || head.header("sec-websocket-version") != Some("13") {
+        return Ok(respond(&mut stream, "400 Bad Request", "a WebSocket upgrade is a GET with Sec-WebSocket-Version 13\n").await?);
+    }
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if offered.is_some() {
+        response.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", protocol.name()));
+    }
+    response.push_str("\r\n");
+    stream.write_all(response.as_bytes()).await?;
+    let socket = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
+    match pending {
+        PendingStream::Exec(request) => remotecommand::serve_exec(socket, protocol, pods, request).await,
+        PendingStream::PortForward { pod_id } => {
+            let ports: Vec<&str> = head.query_values("port").collect();
+            portforward::serve(socket, protocol, pods, &pod_id, &ports).await
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse_with_query_and_lowercased_headers() {
+        let raw = b"GET /portforward/abc?port=80&port=8080 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\nrest";
+        let (head, length) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(&raw[length..], b"rest");
+        assert_eq!(head.path, "/portforward/abc");
+        assert_eq!(head.query_values("port").collect::<Vec<_>>(), ["80", "8080"]);
+        assert!(head.upgrades_to("websocket"));
+        assert_eq!(head.header("host"), Some("x"));
+        assert!(parse_head(b"GET /exec/abc HTTP/1.1\r\nHost:").unwrap().is_none());
+        assert!(matches!(parse_head(b"\x00\x01 nonsense\r\n\r\n"), Err(HeadError::Malformed(_))));
+    }
+
+    #[test]
+    fn routes_need_a_kind_and_one_token_segment() {
+        assert_eq!(route("/exec/tok"), Some((Route::Exec, "tok")));
+        assert_eq!(route("/attach/tok"), Some((Route::Attach, "tok")));
+        assert_eq!(route("/portforward/tok"), Some((Route::PortForward, "tok")));
+        assert_eq!(route("/exec/"), None);
+        assert_eq!(route("/exec/a/b"), None);
+        assert_eq!(route("/logs/tok"), None);
+        assert_eq!(route("/"), None);
+    }
+}
