@@ -126,9 +126,10 @@ pub struct TerminalSize {
 
 /// The error channel's final message about a command's end, in the form
 /// Kubernetes' own streaming server sends it.
-pub fn exit_status(protocol: ChannelProtocol, exit_code: i32) -> Option<Vec<u8>> {
+/// `structured`: a metav1.Status (protocol v4 on) rather than plain text.
+pub fn exit_status(structured: bool, exit_code: i32) -> Option<Vec<u8>> {
     let message = format!("command terminated with non-zero exit code: exit status {exit_code}");
-    if !protocol.structured_status() {
+    if !structured {
         return (exit_code != 0).then(|| message.into_bytes());
     }
     let status = if exit_code == 0 {
@@ -146,8 +147,8 @@ pub fn exit_status(protocol: ChannelProtocol, exit_code: i32) -> Option<Vec<u8>>
 }
 
 /// The error channel's message when the command could not run at all.
-pub fn failure_status(protocol: ChannelProtocol, message: &str) -> Vec<u8> {
-    if !protocol.structured_status() {
+pub fn failure_status(structured: bool, message: &str) -> Vec<u8> {
+    if !structured {
         return message.as_bytes().to_vec();
     }
     serde_json::json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
@@ -199,13 +200,13 @@ mod tests {
 
     #[test]
     fn exit_statuses_match_kubernetes() {
-        let success: serde_json::Value = serde_json::from_slice(&exit_status(ChannelProtocol::V4, 0).unwrap()).unwrap();
+        let success: serde_json::Value = serde_json::from_slice(&exit_status(true, 0).unwrap()).unwrap();
         assert_eq!(success, serde_json::json!({"metadata": {}, "status": "Success"}));
-        let failure: serde_json::Value = serde_json::from_slice(&exit_status(ChannelProtocol::V5, 3).unwrap()).unwrap();
+        let failure: serde_json::Value = serde_json::from_slice(&exit_status(true, 3).unwrap()).unwrap();
         assert_eq!(failure["status"], "Failure");
         assert_eq!(failure["reason"], "NonZeroExitCode");
         assert_eq!(failure["details"]["causes"], serde_json::json!([{"reason": "ExitCode", "message": "3"}]));
-        assert_eq!(exit_status(ChannelProtocol::V1, 0), None);
-        assert_eq!(exit_status(ChannelProtocol::V1, 2).unwrap(), b"command terminated with non-zero exit code: exit status 2");
+        assert_eq!(exit_status(false, 0), None);
+        assert_eq!(exit_status(false, 2).unwrap(), b"command terminated with non-zero exit code: exit status 2");
     }
 }

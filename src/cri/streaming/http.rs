@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::channel::ChannelProtocol;
 use super::tokens::TokenCache;
-use super::{PendingStream, portforward, remotecommand};
+use super::{PendingStream, portforward, websocket};
 use crate::sandbox::PodService;
 
 /// Largest request head accepted; upgrade requests are a few hundred bytes.
@@ -192,7 +192,7 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
     stream.write_all(response.as_bytes()).await?;
     let socket = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
     match pending {
-        PendingStream::Exec(request) => remotecommand::serve_exec(socket, protocol, pods, request).await,
+        PendingStream::Exec(request) => websocket::serve_exec(socket, protocol, pods, request).await,
         PendingStream::PortForward { pod_id } => {
             let ports: Vec<&str> = head.query_values("port").collect();
             portforward::serve(socket, protocol, pods, &pod_id, &ports).await

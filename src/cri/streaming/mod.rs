@@ -8,6 +8,7 @@ mod http;
 mod portforward;
 mod remotecommand;
 mod tokens;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
