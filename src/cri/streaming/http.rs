@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::channel::ChannelProtocol;
 use super::tokens::TokenCache;
-use super::{PendingStream, portforward, websocket};
+use super::{PendingStream, over_spdy, portforward, websocket};
 use crate::sandbox::PodService;
 
 /// Largest request head accepted; upgrade requests are a few hundred bytes.
@@ -54,6 +54,11 @@ pub struct RequestHead {
 impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header that may repeat or list values with commas.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |(n, _)| n == name).flat_map(|(_, v)| v.split(',')).map(str::trim)
     }
 
     fn upgrades_to(&self, protocol: &str) -> bool {
@@ -161,13 +166,11 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
         Some((Route::PortForward, pending @ PendingStream::PortForward { .. })) => pending,
         _ => return Ok(respond(&mut stream, "404 Not Found", "404 page not found\n").await?),
     };
+    if head.upgrades_to("SPDY/3.1") {
+        return upgrade_to_spdy(stream, &head, &leftover, pending, pods).await;
+    }
     if !head.upgrades_to("websocket") {
-        let reason = if head.upgrades_to("SPDY/3.1") {
-            "SPDY is not served by this build of berth yet: use --transport websocket\n"
-        } else {
-            "this endpoint serves WebSocket upgrades only\n"
-        };
-        return Ok(respond(&mut stream, "400 Bad Request", reason).await?);
+        return Ok(respond(&mut stream, "400 Bad Request", "this endpoint serves SPDY/3.1 and WebSocket upgrades only\n").await?);
     }
     let offered = head.header("sec-websocket-protocol");
     let protocol = match &pending {
@@ -201,6 +204,28 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
     Ok(())
 }
 
+async fn upgrade_to_spdy(mut stream: TcpStream, head: &RequestHead, leftover: &[u8], pending: PendingStream, pods: PodService) -> Result<(), HeadError> {
+    let wanted = match pending {
+        PendingStream::Exec(_) => over_spdy::EXEC_PROTOCOL,
+        PendingStream::PortForward { .. } => over_spdy::PORT_FORWARD_PROTOCOL,
+    };
+    if !head.header_values("x-stream-protocol-version").any(|offered| offered == wanted) {
+        let body = format!("no supported X-Stream-Protocol-Version: this server speaks {wanted}\n");
+        return Ok(respond(&mut stream, "400 Bad Request", &body).await?);
+    }
+    // A SPDY client waits for the 101 before its first frame.
+    if !leftover.is_empty() {
+        return Ok(respond(&mut stream, "400 Bad Request", "data before the upgrade was answered\n").await?);
+    }
+    let response = format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {wanted}\r\n\r\n");
+    stream.write_all(response.as_bytes()).await?;
+    match pending {
+        PendingStream::Exec(request) => over_spdy::serve_exec(stream, pods, request).await,
+        PendingStream::PortForward { pod_id } => over_spdy::serve_port_forward(stream, pods, pod_id).await,
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +239,10 @@ mod tests {
         assert_eq!(head.query_values("port").collect::<Vec<_>>(), ["80", "8080"]);
         assert!(head.upgrades_to("websocket"));
         assert_eq!(head.header("host"), Some("x"));
+        let raw = b"POST /exec/t HTTP/1.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nX-Stream-Protocol-Version: v3.channel.k8s.io, channel.k8s.io\r\n\r\n";
+        let (head, _) = parse_head(raw).unwrap().unwrap();
+        let versions: Vec<_> = head.header_values("x-stream-protocol-version").collect();
+        assert_eq!(versions, ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"]);
         assert!(parse_head(b"GET /exec/abc HTTP/1.1\r\nHost:").unwrap().is_none());
         assert!(matches!(parse_head(b"\x00\x01 nonsense\r\n\r\n"), Err(HeadError::Malformed(_))));
     }

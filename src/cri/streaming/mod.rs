@@ -5,8 +5,10 @@
 
 mod channel;
 mod http;
+mod over_spdy;
 mod portforward;
 mod remotecommand;
+pub mod spdy;
 mod tokens;
 mod websocket;
 
