@@ -27,7 +27,8 @@ pod_config() {
     echo "$SPECS/pod-$1.json"
 }
 
-# ctr_config NAME COMMAND...: a busybox container config running COMMAND.
+# ctr_config NAME COMMAND...: a busybox container config running COMMAND; CTR_FILTER,
+# if set, is a jq filter applied last.
 ctr_config() {
     local name=$1 command="[]" word
     shift
@@ -40,7 +41,7 @@ ctr_config() {
         command: $command,
         log_path: ($name + ".log"),
         linux: {}
-    }' >"$SPECS/ctr-$name.json"
+    }' | jq "${CTR_FILTER:-.}" >"$SPECS/ctr-$name.json"
     echo "$SPECS/ctr-$name.json"
 }
 
@@ -144,6 +145,30 @@ garbage_request() {
     exec 3<&-
 }
 
+# attach_checks TRANSPORT
+attach_checks() {
+    local transport=$1 out
+    CTR_FILTER='.stdin = true' pod_with_ctr "attach-$transport" sh -c 'while read -r line; do echo "got:$line"; done' ||
+        { fail_check "a pod with a container reading stdin runs" "$POD $CTR"; return; }
+    # An attach lasts as long as the container: the client is cut off after the input.
+    out=$( (echo first; sleep 1; echo second; sleep 2) | timeout -k 3 6 "$CRICTL" --config "$CRICTL_CONFIG" attach --transport "$transport" -i "$CTR" 2>&1)
+    check_match "$transport: attach -i feeds the container's stdin and shows its output" '^got:second' "$out"
+    check_match "$transport: the attacher sees output from its first line on" '^got:first' "$out"
+    check_eq "$transport: detaching leaves the container running" CONTAINER_RUNNING "$(cri inspect -o json "$CTR" | jq -r .status.state)"
+    CTR_FILTER='.stdin = true | .stdin_once = true' pod_with_ctr "attach-once-$transport" cat ||
+        { fail_check "a pod with a stdin_once container runs" "$POD $CTR"; return; }
+    out=$(echo only-once | timeout -k 3 20 "$CRICTL" --config "$CRICTL_CONFIG" attach --transport "$transport" -i "$CTR" 2>&1)
+    local status=$?
+    check_eq "$transport: attach to a stdin_once cat echoes the input and ends with it (status $status)" only-once "$out"
+    check_eq "$transport: stdin_once: the container ended with its stdin" CONTAINER_EXITED "$(cri inspect -o json "$CTR" | jq -r .status.state)"
+}
+
+scenario_attach() {
+    attach_checks spdy
+    attach_checks websocket
+    remove_all_pods
+}
+
 scenario_bad_urls() {
     local base="http://127.0.0.1:$STREAMING_PORT" route
     for route in exec/not-a-token attach/not-a-token portforward/not-a-token exec/ other; do
@@ -195,6 +220,7 @@ cri pull "$BUSYBOX" >/dev/null || die "could not pull $BUSYBOX"
 
 scenario "exec -i over WebSocket and SPDY: stdin, stdout, stderr, exit codes" scenario_exec_pipes
 scenario "exec -it over WebSocket and SPDY: a shell in a terminal" scenario_exec_tty
+scenario "attach over SPDY and WebSocket: stdin, output from the log, stdin_once" scenario_attach
 scenario "port-forward over SPDY to httpd in a pod" scenario_port_forward
 scenario "unknown tokens and bad requests get bare errors" scenario_bad_urls
 finish

@@ -431,13 +431,36 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         let container = self.pods.running_container(&request.container_id)?;
         let url = self.streaming.exec_url(ExecRequest {
             container_id: container.id,
-            cmd: request.cmd,
+            cmd: Some(request.cmd),
             tty: request.tty,
             stdin: request.stdin,
             stdout: request.stdout,
             stderr: request.stderr,
         });
         Ok(Response::new(cri::ExecResponse { url }))
+    }
+
+    async fn attach(&self, request: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        let request = request.into_inner();
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
+        }
+        if request.tty && request.stderr {
+            return Err(Status::invalid_argument("tty and stderr: a terminal merges stderr into stdout, so they cannot both be set"));
+        }
+        let container = self.pods.running_container(&request.container_id)?;
+        if request.stdin && !container.spec.stdin {
+            return Err(Status::invalid_argument(format!("stdin: container {} was not created with stdin", container.id)));
+        }
+        let url = self.streaming.attach_url(ExecRequest {
+            container_id: container.id,
+            cmd: None,
+            tty: request.tty,
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        });
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(&self, request: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
@@ -450,7 +473,6 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     }
 
     not_yet_served! {
-        attach(AttachRequest) -> AttachResponse;
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::images::ImageService;
 use crate::images::manifest::ImageConfig;
 use crate::oci::{self, ContainerSpec, HostFacts, ImageDefaults, Resources, SandboxContext};
-use crate::shim::client::{ExecSession, ExecStreams};
+use crate::shim::client::{Attachment, ExecSession, ExecStreams};
 use crate::shim::{CreateTask, ExecOutput, ShimClient, SpawnOptions, Stats, TaskStatus, cgroup_tree};
 use crate::store::{Kind, Store};
 
@@ -791,6 +791,18 @@ impl PodService {
         let process = oci::exec_process(&spec, cmd, tty)?;
         let shim = self.shim(&container.pod_id).await?;
         Ok(shim.exec(&container.id, &process, streams).await?)
+    }
+
+    /// Attaches to a running container's own process; `with_stdin` needs a
+    /// container created with `stdin`.
+    pub async fn attach(&self, id: &str, with_stdin: bool) -> Result<(ContainerRecord, Attachment), SandboxError> {
+        let container = self.running_container(id)?;
+        if with_stdin && !container.spec.stdin {
+            return Err(SandboxError::invalid("stdin", format!("container {} was not created with stdin", container.id)));
+        }
+        let shim = self.shim(&container.pod_id).await?;
+        let attachment = shim.attach(&container.id, with_stdin).await?;
+        Ok((container, attachment))
     }
 
     /// Connects to `127.0.0.1:port` as seen from inside a ready pod's network.

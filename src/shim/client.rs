@@ -435,6 +435,26 @@ impl ShimClient {
         Ok(ExecSession { stdin, stdout, stderr, exit, control })
     }
 
+    /// Connects to a running container's own process: its stdin FIFO (when it
+    /// was created with `stdin` and `with_stdin`), and its exit code to come. The
+    /// output goes to the container's log only; attachers follow that.
+    pub async fn attach(&self, id: &str, with_stdin: bool) -> Result<Attachment, ShimError> {
+        let stdin = if with_stdin {
+            let path = self.stdin_path(id);
+            // The shim holds the FIFO open read-write for the container's life, so
+            // this open neither blocks nor fails while the container runs.
+            Some(pipe::OpenOptions::new().open_sender(&path).map_err(|source| ShimError::Io { path, source })?)
+        } else {
+            None
+        };
+        let (exit_sender, exit) = tokio::sync::oneshot::channel();
+        let (client, container_id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let _ = exit_sender.send(client.wait(&container_id).await.map(|exit| exit.code));
+        });
+        Ok(Attachment { stdin, exit, client: self.clone(), container_id: id.to_string() })
+    }
+
     async fn signal_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), ShimError> {
         let kill = api::KillRequest { id: id.into(), exec_id: exec_id.into(), signal, ..Default::default() };
         self.call("Kill", Some(CALL_TIMEOUT), self.task.kill(Self::context(), &kill)).await?;
@@ -698,10 +718,7 @@ impl ExecControl {
     /// in the FIFO.
     pub async fn close_stdin(&self, stdin: Option<&pipe::Sender>) -> Result<(), ShimError> {
         if let Some(stdin) = stdin {
-            let deadline = tokio::time::Instant::now() + STDIN_DRAIN;
-            while unread_bytes(stdin) > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            drained(stdin).await;
         }
         let request = api::CloseIORequest { id: self.container_id.clone(), exec_id: self.exec_id.clone(), stdin: true, ..Default::default() };
         self.client.call("CloseIO", Some(CALL_TIMEOUT), self.client.task.close_io(Self::context(), &request)).await?;
@@ -714,6 +731,38 @@ impl ExecControl {
 
     fn context() -> ttrpc::context::Context {
         ShimClient::context()
+    }
+}
+
+/// One attacher's connection to a container's own process.
+pub struct Attachment {
+    pub stdin: Option<pipe::Sender>,
+    /// The container's exit code once it ended.
+    pub exit: tokio::sync::oneshot::Receiver<Result<i32, ShimError>>,
+    client: ShimClient,
+    container_id: String,
+}
+
+impl Attachment {
+    pub async fn resize(&self, width: u32, height: u32) -> Result<(), ShimError> {
+        self.client.resize_pty(&self.container_id, width, height).await
+    }
+
+    /// Ends the container's stdin for good (`stdin_once`), after what this
+    /// attacher wrote reached the shim.
+    pub async fn close_stdin(&self) -> Result<(), ShimError> {
+        if let Some(stdin) = &self.stdin {
+            drained(stdin).await;
+        }
+        self.client.close_stdin(&self.container_id).await
+    }
+}
+
+/// Waits (up to STDIN_DRAIN) until the shim read everything written into `stdin`.
+async fn drained(stdin: &pipe::Sender) {
+    let deadline = tokio::time::Instant::now() + STDIN_DRAIN;
+    while unread_bytes(stdin) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

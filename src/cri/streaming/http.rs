@@ -163,6 +163,7 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
     let pending = route(&head.path).and_then(|(route, token)| Some((route, tokens.take(token)?)));
     let pending = match pending {
         Some((Route::Exec, pending @ PendingStream::Exec(_))) => pending,
+        Some((Route::Attach, pending @ PendingStream::Attach(_))) => pending,
         Some((Route::PortForward, pending @ PendingStream::PortForward { .. })) => pending,
         _ => return Ok(respond(&mut stream, "404 Not Found", "404 page not found\n").await?),
     };
@@ -174,7 +175,7 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
     }
     let offered = head.header("sec-websocket-protocol");
     let protocol = match &pending {
-        PendingStream::Exec(_) => ChannelProtocol::negotiate(offered),
+        PendingStream::Exec(_) | PendingStream::Attach(_) => ChannelProtocol::negotiate(offered),
         PendingStream::PortForward { .. } => ChannelProtocol::negotiate_port_forward(offered),
     };
     let (Some(protocol), Some(key)) = (protocol, head.header("sec-websocket-key")) else {
@@ -195,7 +196,7 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
     stream.write_all(response.as_bytes()).await?;
     let socket = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
     match pending {
-        PendingStream::Exec(request) => websocket::serve_exec(socket, protocol, pods, request).await,
+        PendingStream::Exec(request) | PendingStream::Attach(request) => websocket::serve_exec(socket, protocol, pods, request).await,
         PendingStream::PortForward { pod_id } => {
             let ports: Vec<&str> = head.query_values("port").collect();
             portforward::serve(socket, protocol, pods, &pod_id, &ports).await
@@ -206,7 +207,7 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
 
 async fn upgrade_to_spdy(mut stream: TcpStream, head: &RequestHead, leftover: &[u8], pending: PendingStream, pods: PodService) -> Result<(), HeadError> {
     let wanted = match pending {
-        PendingStream::Exec(_) => over_spdy::EXEC_PROTOCOL,
+        PendingStream::Exec(_) | PendingStream::Attach(_) => over_spdy::EXEC_PROTOCOL,
         PendingStream::PortForward { .. } => over_spdy::PORT_FORWARD_PROTOCOL,
     };
     if !head.header_values("x-stream-protocol-version").any(|offered| offered == wanted) {
@@ -220,7 +221,7 @@ async fn upgrade_to_spdy(mut stream: TcpStream, head: &RequestHead, leftover: &[
     let response = format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {wanted}\r\n\r\n");
     stream.write_all(response.as_bytes()).await?;
     match pending {
-        PendingStream::Exec(request) => over_spdy::serve_exec(stream, pods, request).await,
+        PendingStream::Exec(request) | PendingStream::Attach(request) => over_spdy::serve_exec(stream, pods, request).await,
         PendingStream::PortForward { pod_id } => over_spdy::serve_port_forward(stream, pods, pod_id).await,
     }
     Ok(())

@@ -23,11 +23,12 @@ use crate::sandbox::PodService;
 
 use tokens::TokenCache;
 
-/// An interactive command to run in a container.
+/// An interactive command to run in a container, or an attach to its own process.
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
     pub container_id: String,
-    pub cmd: Vec<String>,
+    /// `None`: attach to the container's own process.
+    pub cmd: Option<Vec<String>>,
     pub tty: bool,
     pub stdin: bool,
     pub stdout: bool,
@@ -38,6 +39,7 @@ pub struct ExecRequest {
 #[derive(Debug, Clone)]
 enum PendingStream {
     Exec(ExecRequest),
+    Attach(ExecRequest),
     PortForward { pod_id: String },
 }
 
@@ -69,6 +71,10 @@ impl StreamingServer {
 
     pub fn exec_url(&self, request: ExecRequest) -> String {
         format!("{}/exec/{}", self.base_url, self.tokens.insert(PendingStream::Exec(request)))
+    }
+
+    pub fn attach_url(&self, request: ExecRequest) -> String {
+        format!("{}/attach/{}", self.base_url, self.tokens.insert(PendingStream::Attach(request)))
     }
 
     pub fn port_forward_url(&self, pod_id: String) -> String {
