@@ -40,18 +40,9 @@ impl ChannelProtocol {
     /// Picks from the comma-separated offers of `Sec-WebSocket-Protocol`. A
     /// client that offers none speaks the original binary protocol.
     pub fn negotiate(offered: Option<&str>) -> Option<ChannelProtocol> {
-        Self::pick(offered, |_| true)
-    }
-
-    /// The same for port-forward, which has no v5.
-    pub fn negotiate_port_forward(offered: Option<&str>) -> Option<ChannelProtocol> {
-        Self::pick(offered, |protocol| protocol != ChannelProtocol::V5)
-    }
-
-    fn pick(offered: Option<&str>, allowed: impl Fn(ChannelProtocol) -> bool) -> Option<ChannelProtocol> {
         let Some(offered) = offered else { return Some(ChannelProtocol::V1) };
         let offers: Vec<&str> = offered.split(',').map(str::trim).collect();
-        Self::SUPPORTED.iter().find(|(name, protocol)| allowed(*protocol) && offers.contains(name)).map(|&(_, protocol)| protocol)
+        Self::SUPPORTED.iter().find(|(name, _)| offers.contains(name)).map(|&(_, protocol)| protocol)
     }
 
     pub fn name(self) -> &'static str {
@@ -168,7 +159,6 @@ mod tests {
         assert_eq!(ChannelProtocol::negotiate(Some("v4.channel.k8s.io")).map(ChannelProtocol::name), Some("v4.channel.k8s.io"));
         assert_eq!(ChannelProtocol::negotiate(Some("SPDY/3.1+portforward.k8s.io")), None);
         assert_eq!(ChannelProtocol::negotiate(None), Some(ChannelProtocol::V1));
-        assert_eq!(ChannelProtocol::negotiate_port_forward(Some("v5.channel.k8s.io,v4.channel.k8s.io")), Some(ChannelProtocol::V4));
     }
 
     #[test]

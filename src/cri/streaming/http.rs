@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::channel::ChannelProtocol;
 use super::tokens::TokenCache;
-use super::{PendingStream, over_spdy, portforward, websocket};
+use super::{PendingStream, over_spdy, websocket};
 use crate::sandbox::PodService;
 
 /// Largest request head accepted; upgrade requests are a few hundred bytes.
@@ -65,10 +65,6 @@ impl RequestHead {
         self.header("upgrade").is_some_and(|value| value.split(',').any(|p| p.trim().eq_ignore_ascii_case(protocol)))
     }
 
-    /// Values of a repeated query parameter, e.g. `port=80&port=443`.
-    pub fn query_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.query.split('&').filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,12 +169,15 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
     if !head.upgrades_to("websocket") {
         return Ok(respond(&mut stream, "400 Bad Request", "this endpoint serves SPDY/3.1 and WebSocket upgrades only\n").await?);
     }
-    let offered = head.header("sec-websocket-protocol");
-    let protocol = match &pending {
-        PendingStream::Exec(_) | PendingStream::Attach(_) => ChannelProtocol::negotiate(offered),
-        PendingStream::PortForward { .. } => ChannelProtocol::negotiate_port_forward(offered),
+    let request = match pending {
+        PendingStream::Exec(request) | PendingStream::Attach(request) => request,
+        PendingStream::PortForward { .. } => {
+            let body = "port-forward over WebSocket is not served yet: use --transport spdy\n";
+            return Ok(respond(&mut stream, "400 Bad Request", body).await?);
+        }
     };
-    let (Some(protocol), Some(key)) = (protocol, head.header("sec-websocket-key")) else {
+    let offered = head.header("sec-websocket-protocol");
+    let (Some(protocol), Some(key)) = (ChannelProtocol::negotiate(offered), head.header("sec-websocket-key")) else {
         let body = format!("no supported WebSocket subprotocol among {:?}, or no Sec-WebSocket-Key\n", offered.unwrap_or(""));
         return Ok(respond(&mut stream, "400 Bad Request", &body).await?);
     };
@@ -195,13 +194,7 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
     response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
     let socket = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
-    match pending {
-        PendingStream::Exec(request) | PendingStream::Attach(request) => websocket::serve_exec(socket, protocol, pods, request).await,
-        PendingStream::PortForward { pod_id } => {
-            let ports: Vec<&str> = head.query_values("port").collect();
-            portforward::serve(socket, protocol, pods, &pod_id, &ports).await
-        }
-    }
+    websocket::serve_exec(socket, protocol, pods, request).await;
     Ok(())
 }
 
@@ -237,7 +230,7 @@ mod tests {
         let (head, length) = parse_head(raw).unwrap().unwrap();
         assert_eq!(&raw[length..], b"rest");
         assert_eq!(head.path, "/portforward/abc");
-        assert_eq!(head.query_values("port").collect::<Vec<_>>(), ["80", "8080"]);
+        assert_eq!(head.query, "port=80&port=8080");
         assert!(head.upgrades_to("websocket"));
         assert_eq!(head.header("host"), Some("x"));
         let raw = b"POST /exec/t HTTP/1.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nX-Stream-Protocol-Version: v3.channel.k8s.io, channel.k8s.io\r\n\r\n";

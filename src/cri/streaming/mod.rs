@@ -6,7 +6,6 @@
 mod channel;
 mod http;
 mod over_spdy;
-mod portforward;
 mod remotecommand;
 pub mod spdy;
 mod tokens;
