@@ -299,6 +299,11 @@ impl Berthd {
 impl Drop for Berthd {
     fn drop(&mut self) {
         self.kill9();
+        // berthd makes <state>/pods a shared mount point for the pods' network
+        // namespaces (as `ip netns` does with /run/netns); it outlives berthd by
+        // design, so the test removes it with its temporary directory.
+        let pods = self.state.join("pods");
+        let _ = rustix::mount::unmount(&pods, rustix::mount::UnmountFlags::DETACH);
     }
 }
 
