@@ -4,7 +4,7 @@
 //! and after every removal it collects the blobs and snapshots nothing references.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -301,10 +301,6 @@ impl ImageService {
             total = (total.0 + bytes, total.1 + inodes);
         }
         Ok(total)
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.inner.root
     }
 
     fn summary(&self, record: &ImageRecord, names: Vec<String>) -> ImageSummary {

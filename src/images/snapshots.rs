@@ -40,10 +40,6 @@ impl Snapshots {
         Ok(snapshots)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The tree of a committed snapshot.
     pub fn fs_path(&self, id: u64) -> PathBuf {
         self.dir.join(id.to_string()).join("fs")

@@ -11,4 +11,4 @@ mod error;
 mod service;
 
 pub use error::SandboxError;
-pub use service::{PodService, image_defaults};
+pub use service::PodService;

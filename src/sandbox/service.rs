@@ -977,7 +977,7 @@ fn validate_pod(config: &PodConfig) -> Result<(), SandboxError> {
     Ok(())
 }
 
-pub fn image_defaults(config: &ImageConfig) -> ImageDefaults {
+fn image_defaults(config: &ImageConfig) -> ImageDefaults {
     let c = config.config.clone().unwrap_or_default();
     ImageDefaults {
         entrypoint: c.entrypoint.unwrap_or_default(),
