@@ -102,11 +102,7 @@ pub fn sandbox_spec(
     let capabilities = CapabilitySet::empty();
     let seccomp = if sandbox.privileged { None } else { seccomp_for(&sandbox.seccomp, &capabilities, host)? };
 
-    let shm = if sandbox.host_ipc {
-        Shm::Bind(PathBuf::from("/dev/shm"))
-    } else {
-        sandbox.shm_path.clone().map_or(Shm::Private, Shm::Bind)
-    };
+    let shm = pod_shm(sandbox, sandbox.host_ipc);
     let table = mount_table(
         &PodFiles {
             hostname: &sandbox.hostname_path,
@@ -206,11 +202,7 @@ pub fn container_spec(
     let apparmor_profile = if security.privileged { None } else { apparmor_profile(&security.apparmor, host)? };
 
     let host_ipc = security.namespaces.ipc == NamespaceMode::Node;
-    let shm = if host_ipc {
-        Shm::Bind(PathBuf::from("/dev/shm"))
-    } else {
-        sandbox.shm_path.clone().map_or(Shm::Private, Shm::Bind)
-    };
+    let shm = pod_shm(sandbox, host_ipc);
     let table = mount_table(
         &PodFiles {
             hostname: &sandbox.hostname_path,
@@ -604,4 +596,14 @@ fn assemble(parts: SpecParts) -> Spec {
     spec.set_annotations(Some(parts.annotations));
     spec.set_linux(Some(linux));
     spec
+}
+
+/// /dev/shm for a process of the pod: the host's with host IPC, else the pod's
+/// tmpfs, else a private one.
+fn pod_shm(sandbox: &SandboxContext, host_ipc: bool) -> Shm {
+    if host_ipc {
+        Shm::Bind(PathBuf::from("/dev/shm"))
+    } else {
+        sandbox.shm_path.clone().map_or(Shm::Private, Shm::Bind)
+    }
 }
