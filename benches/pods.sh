@@ -10,7 +10,9 @@
 #   sudo DAEMONS=berth benches/pods.sh         # one daemon only
 #
 # Pods are started one after another and timed by the wall clock around each crictl
-# call, so a figure includes crictl's own start-up, the same for both daemons. Images
+# call, so a figure includes crictl's own start-up, the same for both daemons; the
+# daemon's own time is that less three times a bare crictl call (`crictl version`), and
+# the target compares those. Images
 # are pulled before the clock starts. After removal the script checks that nothing of
 # the run is left: no shim process, no network namespace mount, no overlay mount.
 # Each daemon has a bridge network of its own (berthd writes its default berth0,
@@ -48,7 +50,6 @@ bench_cleanup() {
     trap '' INT TERM
     remove_leftovers
     daemon_stop quiet
-    remove_short_state
     # lib.sh's cleanup stops the daemon and the registry, unmounts what is left under
     # WORKDIR and exits with the status it is called with.
     (exit "$status")
@@ -87,31 +88,6 @@ remove_leftovers() {
     RUN_POD_IDS=()
     RUN_CONTAINER_IDS=()
     RUN_NETNS_PATHS=()
-}
-
-# A unix socket path has at most 107 bytes, and berth-shim's is
-# STATE/pods/<64-hex pod id>/shim.sock: WORKDIR's state directory is too deep for it
-# (berthd fails runp with "path must be shorter than SUN_LEN"), so berthd gets its
-# state in a short directory of its own under /run when it must.
-SHORT_STATE=""
-
-use_short_state_if_needed() {
-    local socket
-    socket="$DAEMON_STATE/pods/$(printf '%064d' 0)/shim.sock"
-    ((${#socket} > 107)) || return 0
-    SHORT_STATE=$(mktemp -d /run/berth-bench.XXXXXX) || die "cannot make a state directory under /run"
-    sed -i "s|^state = .*|state = \"$SHORT_STATE\"|" "$WORKDIR/berth/config.toml"
-    echo "  berth: state in $SHORT_STATE: shim sockets under $DAEMON_STATE would be ${#socket} bytes long"
-    DAEMON_STATE=$SHORT_STATE
-}
-
-remove_short_state() {
-    [[ -n $SHORT_STATE ]] || return 0
-    findmnt -rn -o TARGET | grep -F "$SHORT_STATE/" | sort -r | while read -r mount_point; do
-        umount -l "$mount_point" 2>/dev/null
-    done
-    rm -rf "$SHORT_STATE"
-    SHORT_STATE=""
 }
 
 # shim_pids: the shims serving the current daemon's pods.
@@ -325,9 +301,7 @@ bench() {
     local daemon_kib shims shim_kib shim_anon_kib shim_file_kib shim_pss_kib running call_floor
     CRI_DAEMON=$1
     daemon_configure
-    if [[ $CRI_DAEMON == berth ]]; then
-        use_short_state_if_needed
-    else
+    if [[ $CRI_DAEMON == containerd ]]; then
         containerd_network
         # containerd gives the pause container an oom_score_adj of -998, which a host
         # that may not lower scores (no CAP_SYS_RESOURCE, a node inside a container)
@@ -349,7 +323,7 @@ bench() {
     # What a crictl call costs on its own (process start, connection): part of every
     # figure below, for both daemons alike.
     local floor=()
-    for _ in 1 2 3 4 5; do
+    for _ in $(seq 1 10); do
         began=$(now_us)
         cri version >/dev/null 2>&1
         floor+=("$(ms_since "$began")")
@@ -381,6 +355,8 @@ bench() {
     FIGURES[$CRI_DAEMON.start_median]=$(printf '%s\n' "${START_MS[@]}" | median)
     FIGURES[$CRI_DAEMON.start_p90]=$(printf '%s\n' "${START_MS[@]}" | p90)
     FIGURES[$CRI_DAEMON.start_first]=${START_MS[0]}
+    FIGURES[$CRI_DAEMON.call_floor]=$call_floor
+    FIGURES[$CRI_DAEMON.daemon_ms]=$(calc "${FIGURES[$CRI_DAEMON.start_median]} - 3 * $call_floor")
     FIGURES[$CRI_DAEMON.runp_median]=$(printf '%s\n' "${RUNP_MS[@]}" | median)
     FIGURES[$CRI_DAEMON.create_median]=$(printf '%s\n' "${CREATE_MS[@]}" | median)
     FIGURES[$CRI_DAEMON.begin_median]=$(printf '%s\n' "${BEGIN_MS[@]}" | median)
@@ -399,6 +375,7 @@ bench() {
         "${FIGURES[$CRI_DAEMON.start_first]}" "${FIGURES[$CRI_DAEMON.runp_median]}" \
         "${FIGURES[$CRI_DAEMON.create_median]}" "${FIGURES[$CRI_DAEMON.begin_median]}"
     printf '  %-10s one crictl call (crictl version), median: %.0f ms; a pod start makes 3 calls\n' "$CRI_DAEMON" "$call_floor"
+    printf '  %-10s daemon ms/pod (start median - 3 crictl calls): %.0f\n' "$CRI_DAEMON" "${FIGURES[$CRI_DAEMON.daemon_ms]}"
     printf '  %-10s remove ms/pod (stopp + rmp): median %.0f, p90 %.0f\n' \
         "$CRI_DAEMON" "${FIGURES[$CRI_DAEMON.remove_median]}" "${FIGURES[$CRI_DAEMON.remove_p90]}"
     printf '  %-10s RSS with %d pods: daemon %.1f MiB, %d shims %.1f MiB, %.2f MiB per pod (anonymous %.2f, file-backed %.2f; PSS %.2f)\n' \
@@ -438,7 +415,6 @@ for daemon in $DAEMONS; do
     fi
     remove_leftovers
     daemon_stop quiet
-    remove_short_state
 done
 
 have() { [[ " ${BENCHED[*]} " == *" $1 "* ]]; }
@@ -451,8 +427,11 @@ if have berth; then
 fi
 if have berth && have containerd; then
     start_ratio=$(calc "${FIGURES[berth.start_median]} / ${FIGURES[containerd.start_median]}")
-    printf '  per-pod start, median: berth/containerd %.2f (target <= %.1f: %s)\n' \
-        "$start_ratio" "$TARGET_START_RATIO" "$(verdict "$start_ratio" "$TARGET_START_RATIO" '<=')"
+    # The target is the daemons' own work: crictl's start-up (a Go binary, the same for
+    # both) is in every wall-clock figure and would hide it.
+    daemon_ratio=$(calc "${FIGURES[berth.daemon_ms]} / ${FIGURES[containerd.daemon_ms]}")
+    printf '  per-pod start, daemon time: berth/containerd %.2f (target <= %.1f: %s); with crictl start-up %.2f\n' \
+        "$daemon_ratio" "$TARGET_START_RATIO" "$(verdict "$daemon_ratio" "$TARGET_START_RATIO" '<=')" "$start_ratio"
     echo "pods.sh: ratios berth/containerd (below 1: berth is faster or smaller)"
     printf '  start median %.2f, start p90 %.2f, remove median %.2f, daemon RSS %.2f, shim RSS per pod %.2f\n' \
         "$start_ratio" \

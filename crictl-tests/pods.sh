@@ -816,30 +816,17 @@ if [[ $CRI_DAEMON == berth ]]; then
     berth_config_set runtime stop_grace_period "$STOP_GRACE_PERIOD"
 fi
 if [[ $CRI_DAEMON == berth ]]; then
-    # berth-shim's socket is <state>/pods/<64-hex id>/shim.sock, and WORKDIR/berth/state
-    # makes that longer than a unix socket path may be (108 bytes). runc refuses a rootfs
-    # reached through a symlink, so the state gets a short directory of its own, which
-    # this file unmounts and removes on exit as lib.sh does for WORKDIR.
-    SHORT_STATE=$(mktemp -d /run/bps.XXXXXX)
-    sed -i "s|^state = .*|state = \"$SHORT_STATE\"|" "$WORKDIR/berth/config.toml"
-    DAEMON_STATE=$SHORT_STATE
-    remove_short_state_then_cleanup() {
-        local status=$? mount_point
+    # The pods' cgroups can only go once berthd has stopped; lib.sh's cleanup then
+    # unmounts and removes the rest of the work directory.
+    remove_pod_cgroups_then_cleanup() {
+        local status=$?
         trap '' INT TERM
         daemon_stop quiet
-        findmnt -rn -o TARGET | grep -F "$SHORT_STATE/" | sort -r | while read -r mount_point; do
-            umount -l "$mount_point" 2>/dev/null
-        done
         remove_pod_cgroups
-        if [[ ${KEEP_WORKDIR:-0} == 1 ]]; then
-            echo "$SCENARIO_FILE: kept $SHORT_STATE"
-        else
-            rm -rf "$SHORT_STATE"
-        fi
         (exit "$status")
         cleanup
     }
-    trap remove_short_state_then_cleanup EXIT
+    trap remove_pod_cgroups_then_cleanup EXIT
 fi
 daemon_start || die "$CRI_DAEMON did not start; log: $(tail -20 "$DAEMON_LOG")"
 cri pull "$BUSYBOX" >/dev/null || die "could not pull $BUSYBOX"
