@@ -313,7 +313,7 @@ impl<'a> Parser<'a> {
                     if name.is_empty() {
                         return Err(fail(offset, "ARG names can not be blank".into()));
                     }
-                    decls.push(ArgDecl { name: name.to_string(), default });
+                    decls.push(ArgDecl { name: name.to_string(), default, line: line.first_line() });
                 }
                 InstructionKind::Arg(decls)
             }
