@@ -280,6 +280,9 @@ impl Scope {
 pub fn plan(dockerfile: &Dockerfile, build_args: &BTreeMap<String, String>, target: Option<&str>) -> Result<BuildPlan, PlanError> {
     let file = dockerfile.file_name.as_str();
     let invalid = |line: usize, message: String| PlanError::Invalid { file: file.to_string(), line, message };
+    if dockerfile.stages.is_empty() {
+        return Err(invalid(1, "no build stage: a Dockerfile needs a FROM".to_string()));
+    }
 
     // The global scope is a stage scope whose declared ARGs are the
     // automatic platform ARGs and the global ones.

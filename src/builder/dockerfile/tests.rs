@@ -209,3 +209,27 @@ fn instruction_source_joins_continuations() {
     assert_eq!(file.stages[0].instructions[0].source, "RUN a   && b");
     assert_eq!(file.stages[0].instructions[0].line, 2);
 }
+
+/// Truncating or corrupting any corpus file yields an error or a plan, never a panic.
+#[test]
+fn damaged_input_never_panics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dockerfile_corpus");
+    for kind in ["valid", "invalid"] {
+        for entry in std::fs::read_dir(root.join(kind)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "Dockerfile") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+            for &cut in &boundaries {
+                let truncated = &text[..cut];
+                for damaged in [truncated.to_string(), format!("{truncated}\"[{{$\\`<<'"), format!("{truncated}\n{}", &text[cut..].replacen(' ', "\\\n", 3))] {
+                    if let Ok(file) = parse(&damaged, "fuzz") {
+                        let _ = plan(&file, &args(&[("HTTP_PROXY", "x")]), None);
+                    }
+                }
+            }
+        }
+    }
+}
