@@ -473,7 +473,7 @@ impl<'a> Parser<'a> {
                 while !line.text.is_char_boundary(offset.min(line.text.len())) {
                     offset -= 1;
                 }
-                Err(self.error_at(line, offset, format!("{keyword} has invalid JSON exec form: {reason}")))
+                Err(self.error_at(line, offset, format!("{keyword} has invalid JSON exec form: {reason} (write a JSON array of double-quoted strings)")))
             }
             Err(_) => Ok(None),
         }

@@ -40,7 +40,7 @@ fn corpus() {
             let actual = match (kind, parse(&text, &name)) {
                 ("valid", Ok(file)) => serde_json::to_string_pretty(&file).unwrap() + "\n",
                 ("invalid", Err(error)) => error.to_string() + "\n",
-                (_, Ok(_)) => format!("parsed, but an error was expected\n"),
+                (_, Ok(_)) => "parsed, but an error was expected\n".to_string(),
                 (_, Err(error)) => format!("unexpected error: {error}\n"),
             };
             let expected_path = path.with_extension("expected");
