@@ -244,9 +244,6 @@ impl<'a> Parser<'a> {
             };
             return Err(self.error_at(line, start, message));
         }
-        if keyword == "FROM" {
-            return Err(self.error_at(line, start, "FROM is not allowed here"));
-        }
         let (mut flags, args_start) = self.flags(line, keyword_end, keyword)?;
         if keyword == "ONBUILD" {
             flags.finish()?;
@@ -356,7 +353,8 @@ impl<'a> Parser<'a> {
                 if keyword == "COPY" { InstructionKind::Copy(copy) } else { InstructionKind::Add(copy) }
             }
             "HEALTHCHECK" => InstructionKind::Healthcheck(self.healthcheck(line, args_start, &mut flags)?),
-            other => unreachable!("keyword {other} is in KEYWORDS but has no parser"),
+            // Only FROM gets here, and `parse` handles it before calling this.
+            other => return Err(self.error_at(line, start, format!("{other} is not allowed here"))),
         };
         flags.finish()?;
         Ok(Instruction { line: line.first_line(), source: line.text[start..].to_string(), kind })
