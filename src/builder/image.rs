@@ -247,6 +247,6 @@ fn rfc3339(source_date_epoch: Option<i64>) -> String {
     crate::shim::rfc3339_nano(created_time(source_date_epoch))
 }
 
-fn unix_nanos(source_date_epoch: Option<i64>) -> i64 {
+pub(super) fn unix_nanos(source_date_epoch: Option<i64>) -> i64 {
     created_time(source_date_epoch).duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
