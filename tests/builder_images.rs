@@ -85,7 +85,8 @@ struct Overlay {
 impl Overlay {
     fn mount(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Overlay {
         let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-        let status = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(merged).status().unwrap();
+        let status =
+            Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(merged).status().unwrap();
         assert!(status.success(), "mount overlay: {status}");
         Overlay { merged: merged.to_path_buf() }
     }
@@ -260,7 +261,11 @@ fn push_with_a_bearer_token_scoped_for_push() {
             blocking(move || {
                 let mut draft = ImageDraft::new(BaseImage::scratch());
                 let layer = layer_of_files(&images, &[("etc/motd", "built on scratch\n")]);
-                draft.steps.push(HistoryStep { created_by: "COPY motd /etc/".into(), comment: None, layer: Some(layer) });
+                draft.steps.push(HistoryStep {
+                    created_by: "COPY motd /etc/".into(),
+                    comment: None,
+                    layer: Some(layer),
+                });
                 write_image(&images, draft, &[name]).unwrap()
             })
             .await
@@ -297,7 +302,11 @@ fn save_and_load_round_trip_and_skopeo_reads_the_archive() {
             .await
         };
 
-        let output = Command::new("skopeo").arg("inspect").arg(format!("oci-archive:{}", archive_path.display())).output().unwrap();
+        let output = Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci-archive:{}", archive_path.display()))
+            .output()
+            .unwrap();
         assert!(output.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&output.stderr));
         let inspected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(inspected["Layers"].as_array().unwrap().len(), 2, "{inspected}");
@@ -331,7 +340,8 @@ fn save_and_load_round_trip_and_skopeo_reads_the_archive() {
             .unwrap();
         assert!(status.success(), "skopeo copy to docker-archive");
         let third = open_images(&dir.path().join("c"), None);
-        let loaded = blocking(move || archive::load(&third, std::fs::File::open(docker_archive).unwrap()).unwrap()).await;
+        let loaded =
+            blocking(move || archive::load(&third, std::fs::File::open(docker_archive).unwrap()).unwrap()).await;
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].id, id, "the config survives docker's format byte for byte");
         assert_eq!(loaded[0].names, ["berth.test/docker-saved:v2"]);
@@ -355,11 +365,19 @@ async fn served_manifest_digest(registry: &TestRegistry, repo: &str, tag: &str) 
 /// A pod on the host network (no CNI) whose pause process is busybox sleeping.
 async fn run_pod(berthd: &Berthd, name: &str) -> String {
     let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "builder".into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "builder".into(),
+            attempt: 0,
+        }),
         hostname: name.into(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() }),
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -382,7 +400,8 @@ async fn run_sleeper(berthd: &Berthd, pod: &str, name: &str, image: &str) -> Str
         ..Default::default()
     };
     let mut client = berthd.runtime_client().await;
-    let request = cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: None };
+    let request =
+        cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: None };
     let id = match client.create_container(request).await {
         Ok(response) => response.into_inner().container_id,
         Err(status) => panic!("CreateContainer {image}: {status:?}\n{}", berthd.log()),
@@ -392,7 +411,11 @@ async fn run_sleeper(berthd: &Berthd, pod: &str, name: &str, image: &str) -> Str
 }
 
 async fn exec(berthd: &Berthd, container: &str, cmd: &[&str]) -> (i32, String) {
-    let request = cri::ExecSyncRequest { container_id: container.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 10 };
+    let request = cri::ExecSyncRequest {
+        container_id: container.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout: 10,
+    };
     let response = berthd.runtime_client().await.exec_sync(request).await.expect("ExecSync").into_inner();
     (response.exit_code, String::from_utf8_lossy(&response.stdout).into_owned())
 }
@@ -400,13 +423,17 @@ async fn exec(berthd: &Berthd, container: &str, cmd: &[&str]) -> (i32, String) {
 async fn remove_pod(berthd: &Berthd, pod: &str) {
     let mut client = berthd.runtime_client().await;
     client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("StopPodSandbox");
-    client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("RemovePodSandbox");
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
+        .await
+        .expect("RemovePodSandbox");
 }
 
 async fn berthd_with_busybox(registry: &TestRegistry) -> Berthd {
     registry.push("library/busybox", "latest", &busybox_image()).await;
     registry.push("library/pause", "builder", &busybox_image().cmd(&["/bin/sleep", "3600"])).await;
-    let berthd = Berthd::start(BerthdConfig::for_registry(registry).sandbox_image("docker.io/library/pause:builder")).await;
+    let berthd =
+        Berthd::start(BerthdConfig::for_registry(registry).sandbox_image("docker.io/library/pause:builder")).await;
     berthd.pull("docker.io/library/busybox:latest").await.expect("pull busybox");
     berthd
 }
@@ -418,7 +445,8 @@ fn assembled_and_committed_images_run_through_cri() {
         let mut berthd = berthd_with_busybox(&registry).await;
         let pod = run_pod(&berthd, "committer").await;
         let original = run_sleeper(&berthd, &pod, "original", "busybox").await;
-        let (code, _) = exec(&berthd, &original, &["sh", "-c", "echo changed > /data/new.txt && rm /data/base.txt"]).await;
+        let (code, _) =
+            exec(&berthd, &original, &["sh", "-c", "echo changed > /data/new.txt && rm /data/base.txt"]).await;
         assert_eq!(code, 0);
         let status = berthd
             .runtime_client()
@@ -455,7 +483,9 @@ fn assembled_and_committed_images_run_through_cri() {
         berthd.restart().await;
 
         let listed = berthd.list_images(None).await;
-        for (id, tag) in [(&assembled, "docker.io/berth.test/hello:1"), (&committed, "docker.io/berth.test/committed:1")] {
+        for (id, tag) in
+            [(&assembled, "docker.io/berth.test/hello:1"), (&committed, "docker.io/berth.test/committed:1")]
+        {
             let image = listed.iter().find(|i| i.id == *id).unwrap_or_else(|| panic!("{id} not listed: {listed:?}"));
             assert!(image.repo_tags.iter().any(|t| t.ends_with(tag.trim_start_matches("docker.io/"))), "{image:?}");
             let by_prefix = berthd.image_status(&id["sha256:".len()..][..12]).await;

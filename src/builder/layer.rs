@@ -112,7 +112,8 @@ pub fn create_layer(
         });
         (written, unpacker.join())
     });
-    let unpacked = unpacked.map_err(|_| BuilderError::io(tree, "unpacking")(io::Error::other("the unpacker panicked")))?;
+    let unpacked =
+        unpacked.map_err(|_| BuilderError::io(tree, "unpacking")(io::Error::other("the unpacker panicked")))?;
     // A failed unpack breaks the pipe; its own error says why.
     let stats = unpacked.map_err(|source| BuilderError::Snapshot { tree: tree.to_path_buf(), source })?;
     let sink = sink?;
@@ -187,8 +188,10 @@ impl TarWriter<'_> {
         let opaque = self.kind == TreeKind::OverlayUpper
             && file_type.is_dir()
             && xattrs.iter().any(|(name, value)| name == OPAQUE_XATTR && value == b"y");
-        let xattrs: Vec<_> =
-            xattrs.into_iter().filter(|(name, _)| !OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))).collect();
+        let xattrs: Vec<_> = xattrs
+            .into_iter()
+            .filter(|(name, _)| !OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p)))
+            .collect();
         if !xattrs.is_empty() {
             let records: Vec<(String, &[u8])> =
                 xattrs.iter().map(|(name, value)| (format!("SCHILY.xattr.{name}"), value.as_slice())).collect();
@@ -235,8 +238,12 @@ impl TarWriter<'_> {
             };
             header.set_entry_type(entry_type);
             if entry_type != EntryType::Fifo {
-                header.set_device_major(rustix::fs::major(meta.rdev())).map_err(BuilderError::io(path, "device number"))?;
-                header.set_device_minor(rustix::fs::minor(meta.rdev())).map_err(BuilderError::io(path, "device number"))?;
+                header
+                    .set_device_major(rustix::fs::major(meta.rdev()))
+                    .map_err(BuilderError::io(path, "device number"))?;
+                header
+                    .set_device_minor(rustix::fs::minor(meta.rdev()))
+                    .map_err(BuilderError::io(path, "device number"))?;
             }
             self.builder.append_data(&mut header, entry_path, io::empty()).map_err(write_err)?;
         } else {
