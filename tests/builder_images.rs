@@ -52,8 +52,8 @@ fn open_images(root: &Path, registry: Option<&TestRegistry>) -> ImageService {
     ImageService::open(&config, store).expect("open the image service")
 }
 
-fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl std::future::Future<Output = T> {
-    async move { tokio::task::spawn_blocking(f).await.expect("blocking task") }
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 /// A layer from a plain directory holding `files`.
