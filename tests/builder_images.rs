@@ -19,9 +19,10 @@ use berth::builder::image::{BaseImage, HistoryStep, ImageDraft, history, inspect
 use berth::builder::layer::{Layer, LayerOptions, TreeKind, create_layer};
 use berth::config::Config;
 use berth::images::ImageService;
+use berth::images::manifest::OCI_LAYER_GZIP;
 use berth::images::registry::Credentials;
 use berth::store::Store;
-use common::{Berthd, BerthdConfig, Compression, Entry, TestImage, TestLayer, TestRegistry};
+use common::{Berthd, BerthdConfig, Compression, Entry, ManifestFormat, TestImage, TestLayer, TestRegistry};
 use k8s_cri::v1 as cri;
 
 const BUSYBOX_APPLETS: [&str; 10] = ["sh", "cat", "sleep", "ls", "echo", "rm", "mkdir", "test", "true", "env"];
@@ -216,7 +217,8 @@ fn overlay_upper_dir_diffs_into_whiteouts_deterministically() {
 fn push_then_remove_then_pull_back_gives_the_same_image() {
     common::run(|| async {
         let registry = TestRegistry::start().await;
-        registry.push("library/busybox", "latest", &busybox_image()).await;
+        // A Docker schema 2 base: its layer goes into the new OCI manifest as OCI.
+        registry.push("library/busybox", "latest", &busybox_image().format(ManifestFormat::DockerSchema2)).await;
         let dir = tempfile::tempdir().unwrap();
         let images = open_images(dir.path(), Some(&registry));
         let base = format!("{}/library/busybox:latest", registry.host());
@@ -228,7 +230,10 @@ fn push_then_remove_then_pull_back_gives_the_same_image() {
         };
 
         let pushed = images.push(&name, &name, None).await.unwrap();
-        let served = served_manifest_digest(&registry, "builder/hello", "1").await;
+        let (served, manifest) = served_manifest(&registry, "builder/hello", "1").await;
+        let layer_types: Vec<_> =
+            manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].clone()).collect();
+        assert_eq!(layer_types, [OCI_LAYER_GZIP, OCI_LAYER_GZIP], "{manifest}");
         assert_eq!(served, pushed.to_string(), "the registry serves the pushed manifest under the tag");
         // Pushing again finds every blob in place and uploads nothing.
         assert_eq!(images.push(&name, &name, None).await.unwrap(), pushed);
@@ -348,8 +353,8 @@ fn save_and_load_round_trip_and_skopeo_reads_the_archive() {
     });
 }
 
-/// The digest the registry announces for `repo:tag`.
-async fn served_manifest_digest(registry: &TestRegistry, repo: &str, tag: &str) -> String {
+/// The manifest the registry serves for `repo:tag`, and the digest it announces.
+async fn served_manifest(registry: &TestRegistry, repo: &str, tag: &str) -> (String, serde_json::Value) {
     let response = reqwest::Client::new()
         .get(format!("{}/v2/{repo}/manifests/{tag}", registry.url()))
         .header("Accept", "application/vnd.oci.image.manifest.v1+json")
@@ -357,7 +362,8 @@ async fn served_manifest_digest(registry: &TestRegistry, repo: &str, tag: &str) 
         .await
         .unwrap();
     assert!(response.status().is_success(), "GET manifest {repo}:{tag}: {}", response.status());
-    response.headers()["docker-content-digest"].to_str().unwrap().to_string()
+    let digest = response.headers()["docker-content-digest"].to_str().unwrap().to_string();
+    (digest, response.json().await.unwrap())
 }
 
 // ---------------------------------------------------------------- through berthd
