@@ -74,6 +74,12 @@ impl ContentStore {
         })
     }
 
+    /// Starts writing a blob made on this node (a built layer), whose digest is
+    /// known only once every byte is written; finish it with `commit_computed`.
+    pub fn writer_computed(&self) -> Result<BlobWriter, ContentError> {
+        self.writer(Digest::of(b""), None)
+    }
+
     /// Stores a small blob that is already in memory (manifests, configs).
     pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<(), ContentError> {
         if self.contains(digest) {
@@ -134,6 +140,20 @@ impl BlobWriter {
         let target = self.blobs.join(self.expected.hex());
         fs::rename(&temp, &target).map_err(io_err(&target))?;
         File::open(&self.blobs).and_then(|d| d.sync_all()).map_err(io_err(&self.blobs))
+    }
+
+    /// The digest and size of what was written so far.
+    pub fn written(&self) -> (Digest, u64) {
+        (Digest::from_hasher(self.hasher.clone()), self.written)
+    }
+
+    /// Publishes a blob from `ContentStore::writer_computed` under the digest of
+    /// what was written, and returns that digest and the size.
+    pub fn commit_computed(mut self) -> Result<(Digest, u64), ContentError> {
+        let (digest, size) = self.written();
+        self.expected = digest.clone();
+        self.commit()?;
+        Ok((digest, size))
     }
 }
 

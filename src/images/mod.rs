@@ -12,8 +12,10 @@ pub mod snapshots;
 pub mod unpack;
 
 mod error;
+mod local;
 mod pull;
 mod service;
 
 pub use error::ImageError;
+pub use local::ContentHold;
 pub use service::{FsUsage, ImageService, ImageSummary, RootfsLayers};

@@ -354,9 +354,9 @@ impl Read for TeeReader {
     }
 }
 
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
+pub(super) struct HashingReader<R> {
+    pub(super) inner: R,
+    pub(super) hasher: Sha256,
 }
 
 impl<R: Read> Read for HashingReader<R> {

@@ -72,7 +72,7 @@ pub(super) struct Inner {
     pub(super) layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Blob digests and diff ids that running pulls have claimed but no image
     /// record references yet. GC must not take them; see `claim`.
-    claims: Mutex<HashMap<String, usize>>,
+    pub(super) claims: Mutex<HashMap<String, usize>>,
 }
 
 /// Held by a pull for its duration; releases its claims on drop.
@@ -316,7 +316,7 @@ impl ImageService {
         }
     }
 
-    fn find(&self, spec: &str) -> Result<Option<ImageRecord>, ImageError> {
+    pub(super) fn find(&self, spec: &str) -> Result<Option<ImageRecord>, ImageError> {
         Ok(self.lookup(spec)?.map(|(record, _)| record))
     }
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod endpoint;
+mod push;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +19,7 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde::Deserialize;
 
 pub use auth::Credentials;
+pub use push::PushBlob;
 use auth::{Authorization, Scheme, TokenCache, TokenKey};
 use endpoint::Endpoint;
 
@@ -225,6 +227,7 @@ impl RegistryClient {
             repository: reference.repository().into(),
             credentials: credentials.cloned().map(Arc::new),
             scheme: Arc::default(),
+            actions: "pull",
         };
         tracing::debug!(endpoint = source.endpoint(), %reference, %platform, "resolving");
         source.resolve(reference, platform).await.map_err(|error| {
@@ -272,6 +275,8 @@ pub struct BlobSource {
     repository: Arc<str>,
     credentials: Option<Arc<Credentials>>,
     scheme: Arc<Mutex<Option<Scheme>>>,
+    /// The token scope's actions: `pull`, or `pull,push` for a push.
+    actions: &'static str,
 }
 
 impl fmt::Debug for BlobSource {
@@ -387,10 +392,26 @@ impl BlobSource {
         Ok(RawManifest { media_type, digest, bytes })
     }
 
-    /// GET with retries and authentication: anonymous until the endpoint
-    /// challenges, then answering the challenge once per request.
+    /// GET with retries and authentication; see `send`.
     async fn get(&self, url: &str, accept: Option<&str>, timeout: Option<Duration>) -> Result<reqwest::Response, RegistryError> {
         let http = self.client.http(self.endpoint.skip_tls_verify);
+        self.send(url, || {
+            let mut request = http.get(url);
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
+            request
+        })
+        .await
+    }
+
+    /// Sends the request `make` builds, with retries and authentication:
+    /// anonymous until the endpoint challenges, then answering the challenge once
+    /// per request. `make` is called for every attempt, so a body is rebuilt.
+    async fn send(&self, url: &str, make: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response, RegistryError> {
         let mut answered_challenge = false;
         loop {
             let scheme = self.scheme.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -398,18 +419,9 @@ impl BlobSource {
                 Some(scheme) => Some(self.authorization(scheme).await?),
                 None => None,
             };
-            let response = send_with_retries(url, || {
-                let mut request = http.get(url);
-                if let Some(accept) = accept {
-                    request = request.header(reqwest::header::ACCEPT, accept);
-                }
-                if let Some(timeout) = timeout {
-                    request = request.timeout(timeout);
-                }
-                match &authorization {
-                    Some(authorization) => authorization.apply(request),
-                    None => request,
-                }
+            let response = send_with_retries(url, || match &authorization {
+                Some(authorization) => authorization.apply(make()),
+                None => make(),
             })
             .await?;
             if response.status() != StatusCode::UNAUTHORIZED {
@@ -458,7 +470,7 @@ impl BlobSource {
     }
 
     fn token_key(&self, realm: &str, service: Option<&str>) -> TokenKey {
-        let scope = format!("repository:{}:pull", self.repository);
+        let scope = format!("repository:{}:{}", self.repository, self.actions);
         TokenKey::new(realm, service, &scope, self.credentials.as_deref())
     }
 
