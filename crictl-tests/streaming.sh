@@ -110,10 +110,11 @@ scenario_exec_tty() {
     remove_all_pods
 }
 
-# forwarded_get TRANSPORT LOCAL_PORT: GETs / twice through a crictl port-forward of POD to port 8080.
+# forwarded_get TRANSPORT LOCAL_PORT [POD_PORT]: GETs / twice through a crictl port-forward
+# of POD to POD_PORT (8080).
 forwarded_get() {
-    local transport=$1 local_port=$2 forwarder out
-    cri port-forward --transport "$transport" "$POD" "$local_port:8080" >"$WORKDIR/port-forward.log" 2>&1 &
+    local transport=$1 local_port=$2 pod_port=${3:-8080} forwarder out
+    cri port-forward --transport "$transport" "$POD" "$local_port:$pod_port" >"$WORKDIR/port-forward.log" 2>&1 &
     forwarder=$!
     for _ in $(seq 1 50); do
         grep -q 'Forwarding from' "$WORKDIR/port-forward.log" && break
@@ -127,12 +128,16 @@ forwarded_get() {
 }
 
 scenario_port_forward() {
-    local out
+    local out transport
     pod_with_ctr port-forward sh -c 'mkdir -p /www && echo hello-from-pod >/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www' ||
         { fail_check "a pod serving http on its 127.0.0.1:8080 runs" "$POD $CTR"; return; }
     sleep 0.5
-    out=$(forwarded_get spdy "$(free_port)")
-    check_eq "two GETs through crictl port-forward (SPDY) reach httpd in the pod" "hello-from-pod hello-from-pod" "$out"
+    for transport in spdy websocket; do
+        out=$(forwarded_get "$transport" "$(free_port)")
+        check_eq "$transport: two GETs through crictl port-forward reach httpd in the pod" "hello-from-pod hello-from-pod" "$out"
+    done
+    out=$(forwarded_get websocket "$(free_port)" 9999)
+    check_match "websocket: a port nothing listens on gets an error, not a hang" 'error forwarding port 9999' "$(cat "$WORKDIR/port-forward.log")"
     check_eq "the pod's httpd is not reachable from the host directly" "" "$(curl -s --max-time 2 http://127.0.0.1:8080/ 2>/dev/null)"
     remove_all_pods
 }
@@ -180,6 +185,12 @@ scenario_bad_urls() {
 
 # ---------------------------------------------------------------- main
 
+# ONLY=PATTERN runs just the scenarios whose function name matches PATTERN.
+scenario_if_wanted() {
+    [[ $2 =~ ${ONLY:-.} ]] && scenario "$@"
+    return 0
+}
+
 echo "$SCENARIO_FILE: daemon $CRI_DAEMON, $("$CRICTL" --version), work dir $WORKDIR"
 [[ $CRI_DAEMON == berth ]] || die "these scenarios need berthd's streaming server"
 registry_start
@@ -218,9 +229,9 @@ trap remove_short_state_then_cleanup EXIT
 daemon_start || die "$CRI_DAEMON did not start; log: $(tail -20 "$DAEMON_LOG")"
 cri pull "$BUSYBOX" >/dev/null || die "could not pull $BUSYBOX"
 
-scenario "exec -i over WebSocket and SPDY: stdin, stdout, stderr, exit codes" scenario_exec_pipes
-scenario "exec -it over WebSocket and SPDY: a shell in a terminal" scenario_exec_tty
-scenario "attach over SPDY and WebSocket: stdin, output from the log, stdin_once" scenario_attach
-scenario "port-forward over SPDY to httpd in a pod" scenario_port_forward
-scenario "unknown tokens and bad requests get bare errors" scenario_bad_urls
+scenario_if_wanted "exec -i over WebSocket and SPDY: stdin, stdout, stderr, exit codes" scenario_exec_pipes
+scenario_if_wanted "exec -it over WebSocket and SPDY: a shell in a terminal" scenario_exec_tty
+scenario_if_wanted "attach over SPDY and WebSocket: stdin, output from the log, stdin_once" scenario_attach
+scenario_if_wanted "port-forward over SPDY and WebSocket to httpd in a pod" scenario_port_forward
+scenario_if_wanted "unknown tokens and bad requests get bare errors" scenario_bad_urls
 finish
