@@ -160,6 +160,23 @@ attach_checks() {
     check_match "$transport: attach -i feeds the container's stdin and shows its output" '^got:second' "$out"
     check_match "$transport: the attacher sees output from its first line on" '^got:first' "$out"
     check_eq "$transport: detaching leaves the container running" CONTAINER_RUNNING "$(cri inspect -o json "$CTR" | jq -r .status.state)"
+    # A second attacher, output only, sees what the first one's input causes, live.
+    timeout -k 3 6 "$CRICTL" --config "$CRICTL_CONFIG" attach --transport "$transport" "$CTR" >"$WORKDIR/watcher.out" 2>&1 &
+    local watcher=$!
+    sleep 1
+    out=$( (echo shared; sleep 2) | timeout -k 3 5 "$CRICTL" --config "$CRICTL_CONFIG" attach --transport "$transport" -i "$CTR" 2>&1)
+    wait "$watcher"
+    check_match "$transport: the attacher typing sees its output" '^got:shared' "$out"
+    check_match "$transport: a second attacher at the same time sees it too" '^got:shared' "$(cat "$WORKDIR/watcher.out")"
+    check_eq "$transport: two attachers gone, the container still runs" CONTAINER_RUNNING "$(cri inspect -o json "$CTR" | jq -r .status.state)"
+    check_eq "$transport: no attach FIFO is left in the shim directory" "" "$(find "$DAEMON_STATE" -name '*.attach-*' 2>/dev/null)"
+    CTR_FILTER='.stdin = true | .tty = true' pod_with_ctr "attach-tty-$transport" sh ||
+        { fail_check "a pod with a shell on a terminal runs" "$POD $CTR"; return; }
+    # Input outlasts the attacher, which is cut off: script(1) would type ^D at its end.
+    out=$( (sleep 1; printf 'echo tty-$((6*7))\n'; sleep 8) |
+        timeout -k 2 5 script -qec "$CRICTL --config $CRICTL_CONFIG attach -it --transport $transport $CTR" /dev/null 2>&1)
+    check_match "$transport: attach -it types into the container's shell and shows its terminal" 'tty-42' "$out"
+    check_eq "$transport: detaching from the terminal leaves the shell running" CONTAINER_RUNNING "$(cri inspect -o json "$CTR" | jq -r .status.state)"
     CTR_FILTER='.stdin = true | .stdin_once = true' pod_with_ctr "attach-once-$transport" cat ||
         { fail_check "a pod with a stdin_once container runs" "$POD $CTR"; return; }
     out=$(echo only-once | timeout -k 3 20 "$CRICTL" --config "$CRICTL_CONFIG" attach --transport "$transport" -i "$CTR" 2>&1)
@@ -231,7 +248,7 @@ cri pull "$BUSYBOX" >/dev/null || die "could not pull $BUSYBOX"
 
 scenario_if_wanted "exec -i over WebSocket and SPDY: stdin, stdout, stderr, exit codes" scenario_exec_pipes
 scenario_if_wanted "exec -it over WebSocket and SPDY: a shell in a terminal" scenario_exec_tty
-scenario_if_wanted "attach over SPDY and WebSocket: stdin, output from the log, stdin_once" scenario_attach
+scenario_if_wanted "attach over SPDY and WebSocket: stdin, live output to several attachers, terminals, stdin_once" scenario_attach
 scenario_if_wanted "port-forward over SPDY and WebSocket to httpd in a pod" scenario_port_forward
 scenario_if_wanted "unknown tokens and bad requests get bare errors" scenario_bad_urls
 finish
