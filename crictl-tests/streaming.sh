@@ -142,6 +142,105 @@ scenario_port_forward() {
     remove_all_pods
 }
 
+# rss_kb PID: resident memory of a process, in KiB.
+rss_kb() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
+}
+
+# pod_shim_pid: the shim of the one pod running.
+pod_shim_pid() {
+    cat "$DAEMON_STATE"/shims/*/shim.pid 2>/dev/null | head -1
+}
+
+# sample_peak_rss PID OUTFILE: writes the highest RSS of PID seen every 0.2 s into
+# OUTFILE until killed.
+sample_peak_rss() {
+    local pid=$1 out=$2 peak=0 rss
+    while rss=$(rss_kb "$pid"); do
+        ((rss > peak)) && peak=$rss && echo "$peak" >"$out"
+        sleep 0.2
+    done
+}
+
+# A reader that stalls, then reads in bursts with stalls between: the output it
+# waits for piles up wherever nothing holds it back.
+SLOW_READER='
+import sys, time
+time.sleep(5)
+total = 0
+while True:
+    chunk = sys.stdin.buffer.read(1 << 16)
+    if not chunk:
+        break
+    total += len(chunk)
+    if total % (128 << 20) < (1 << 16):
+        time.sleep(1)
+print(total)
+'
+
+# back_pressure_checks TRANSPORT: 1 GiB of exec output to a slow reader.
+back_pressure_checks() {
+    local transport=$1 shim daemon_before shim_before sampler_daemon sampler_shim out
+    shim=$(pod_shim_pid)
+    daemon_before=$(rss_kb "$DAEMON_PID")
+    shim_before=$(rss_kb "$shim")
+    sample_peak_rss "$DAEMON_PID" "$WORKDIR/peak-daemon" & sampler_daemon=$!
+    sample_peak_rss "$shim" "$WORKDIR/peak-shim" & sampler_shim=$!
+    out=$(cri exec --transport "$transport" "$CTR" head -c 1073741824 /dev/zero | python3 -c "$SLOW_READER")
+    kill "$sampler_daemon" "$sampler_shim" 2>/dev/null
+    wait "$sampler_daemon" "$sampler_shim" 2>/dev/null
+    check_eq "$transport: 1 GiB of exec output reaches a slow reader whole" 1073741824 "$out"
+    local daemon_growth=$(($(cat "$WORKDIR/peak-daemon") - daemon_before)) shim_growth=$(($(cat "$WORKDIR/peak-shim") - shim_before))
+    check "$transport: berthd's RSS grew by ${daemon_growth} KiB (< 64 MiB) while the reader stalled" test "$daemon_growth" -lt 65536
+    check "$transport: the shim's RSS grew by ${shim_growth} KiB (< 64 MiB) while the reader stalled" test "$shim_growth" -lt 65536
+}
+
+scenario_back_pressure() {
+    pod_with_ctr back-pressure sleep 3600 || { fail_check "a pod with a sleeping container runs" "$POD $CTR"; return; }
+    back_pressure_checks spdy
+    back_pressure_checks websocket
+    remove_all_pods
+}
+
+# disconnect_checks TRANSPORT: the client killed mid-exec.
+disconnect_checks() {
+    local transport=$1 shim fds_before client out
+    shim=$(pod_shim_pid)
+    fds_before=$(ls "/proc/$shim/fd" | wc -l)
+    # crictl itself is the last command of the pipeline, so $! is its pid.
+    (sleep 30) | "$CRICTL" --config "$CRICTL_CONFIG" exec --transport "$transport" -i "$CTR" sh -c 'echo started; exec sleep 4242' >"$WORKDIR/disconnect.out" 2>&1 &
+    client=$!
+    for _ in $(seq 1 50); do
+        grep -q started "$WORKDIR/disconnect.out" && break
+        sleep 0.1
+    done
+    check_match "$transport: the exec runs" started "$(cat "$WORKDIR/disconnect.out")"
+    kill -KILL "$client" 2>/dev/null
+    wait "$client" 2>/dev/null
+    for _ in $(seq 1 50); do
+        out=$(cri exec "$CTR" ps -o args 2>&1 | grep -c 'sleep 4242')
+        [[ $out == 0 ]] && break
+        sleep 0.1
+    done
+    check_eq "$transport: the exec'd process is gone with its client" 0 "$out"
+    for _ in $(seq 1 50); do
+        (($(ls "/proc/$shim/fd" | wc -l) <= fds_before)) && break
+        sleep 0.1
+    done
+    check_eq "$transport: the shim holds as many descriptors as before the exec" "$fds_before" "$(ls "/proc/$shim/fd" | wc -l)"
+}
+
+scenario_disconnect() {
+    local out
+    pod_with_ctr disconnect sleep 3600 || { fail_check "a pod with a sleeping container runs" "$POD $CTR"; return; }
+    disconnect_checks spdy
+    disconnect_checks websocket
+    # stdin that is still on its way when the client ends it reaches the process whole.
+    out=$(head -c 2000000 /dev/zero | cri exec -i "$CTR" sh -c 'sleep 2; wc -c' 2>&1)
+    check_eq "stdin waiting in the pipes when it ends is passed on before it closes" 2000000 "$(tr -d ' ' <<<"$out")"
+    remove_all_pods
+}
+
 # garbage_request: what the streaming server answers to a request that is no HTTP.
 garbage_request() {
     exec 3<>"/dev/tcp/127.0.0.1/$STREAMING_PORT" || return 1
@@ -250,5 +349,7 @@ scenario_if_wanted "exec -i over WebSocket and SPDY: stdin, stdout, stderr, exit
 scenario_if_wanted "exec -it over WebSocket and SPDY: a shell in a terminal" scenario_exec_tty
 scenario_if_wanted "attach over SPDY and WebSocket: stdin, live output to several attachers, terminals, stdin_once" scenario_attach
 scenario_if_wanted "port-forward over SPDY and WebSocket to httpd in a pod" scenario_port_forward
+scenario_if_wanted "back-pressure: 1 GiB of exec output to a slow reader, memory stays bounded" scenario_back_pressure
+scenario_if_wanted "a client killed mid-exec leaks neither the process nor the shim's descriptors" scenario_disconnect
 scenario_if_wanted "unknown tokens and bad requests get bare errors" scenario_bad_urls
 finish

@@ -723,9 +723,6 @@ pub struct ExecControl {
     exec_id: String,
 }
 
-/// How long stdin may take to drain into the process before CloseIO cuts it.
-const STDIN_DRAIN: Duration = Duration::from_secs(5);
-
 impl ExecControl {
     pub async fn resize(&self, width: u32, height: u32) -> Result<(), ShimError> {
         let request = api::ResizePtyRequest { id: self.container_id.clone(), exec_id: self.exec_id.clone(), width, height, ..Default::default() };
@@ -733,13 +730,9 @@ impl ExecControl {
         Ok(())
     }
 
-    /// Ends the process's stdin once what was written into `stdin` reached the
-    /// shim: CloseIO stops the shim's copy at once, and would drop bytes still
-    /// in the FIFO.
-    pub async fn close_stdin(&self, stdin: Option<&pipe::Sender>) -> Result<(), ShimError> {
-        if let Some(stdin) = stdin {
-            drained(stdin).await;
-        }
+    /// Ends the process's stdin; the shim first passes on what was already
+    /// written into the stdin FIFO.
+    pub async fn close_stdin(&self) -> Result<(), ShimError> {
         let request = api::CloseIORequest { id: self.container_id.clone(), exec_id: self.exec_id.clone(), stdin: true, ..Default::default() };
         self.client.call("CloseIO", Some(CALL_TIMEOUT), self.client.task.close_io(Self::context(), &request)).await?;
         Ok(())
@@ -771,30 +764,11 @@ impl Attachment {
         self.client.resize_pty(&self.container_id, width, height).await
     }
 
-    /// Ends the container's stdin for good (`stdin_once`), after what this
-    /// attacher wrote reached the shim.
+    /// Ends the container's stdin for good (`stdin_once`), after what was
+    /// written into it.
     pub async fn close_stdin(&self) -> Result<(), ShimError> {
-        if let Some(stdin) = &self.stdin {
-            drained(stdin).await;
-        }
         self.client.close_stdin(&self.container_id).await
     }
-}
-
-/// Waits (up to STDIN_DRAIN) until the shim read everything written into `stdin`.
-async fn drained(stdin: &pipe::Sender) {
-    let deadline = tokio::time::Instant::now() + STDIN_DRAIN;
-    while unread_bytes(stdin) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Bytes sitting in a pipe, not yet read by its other end.
-fn unread_bytes(pipe: &impl std::os::fd::AsRawFd) -> usize {
-    let mut count: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
-    let result = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut count) };
-    if result < 0 { 0 } else { count.max(0) as usize }
 }
 
 /// Reads one output FIFO in the background into a buffer that survives the

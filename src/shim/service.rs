@@ -28,7 +28,7 @@ use super::cgroup::ContainerCgroup;
 use super::cri_log::{CriLogFile, LogStream};
 use super::reaper::{ExitStatus, Reaper};
 use super::runtime::{OciRuntime, ProcessStdio, RuntimeError, StartSpec, read_pid_file};
-use super::stdio::{AsyncStream, ConsoleSocket, Input, InputCopy, Output, OutputCopy, OutputFanout, StdioError, resize_terminal};
+use super::stdio::{AsyncStream, ConsoleSocket, Input, InputCopy, Output, OutputCopy, OutputFanout, StdinCopy, StdioError, resize_terminal};
 use super::{ATTACH_METHOD, EXTRA_SERVICE, OOM_KILLED_METHOD, REOPEN_LOG_METHOD, TASK_SERVICE_V2, TASK_SERVICE_V3};
 
 /// How long an exit waits for the process's output to be copied out before it is
@@ -89,8 +89,8 @@ enum Phase {
 
 #[derive(Default)]
 struct ProcessIo {
-    /// The copy loop into stdin; aborting it closes the process's stdin.
-    stdin: Option<JoinHandle<()>>,
+    /// The copy loop into stdin; ending it closes the process's stdin.
+    stdin: Option<StdinCopy>,
     /// The master side of the process's terminal, for resizing.
     console: Option<Arc<AsyncStream>>,
     outputs: Vec<JoinHandle<()>>,
@@ -411,7 +411,7 @@ impl<R: OciRuntime> TaskService<R> {
         let pid = read_pid_file(&pid_file)?;
         let exited = self.state.reaper.watch(pid);
         io.outputs = output_copies.into_iter().map(|copy| tokio::spawn(copy.run())).collect();
-        io.stdin = input_copy.map(|copy| tokio::spawn(copy.run()));
+        io.stdin = input_copy.map(StdinCopy::spawn);
         let mut state = process.state();
         state.pid = pid;
         state.io = io;
@@ -559,8 +559,10 @@ impl<R: OciRuntime> TaskService<R> {
         let execs: Vec<Arc<Process>> = container.execs().drain().map(|(_, exec)| exec).collect();
         for process in execs.iter().chain(std::iter::once(&container.init)) {
             let mut state = process.state();
-            let stdin = state.io.stdin.take();
-            for copy in state.io.outputs.drain(..).chain(stdin) {
+            if let Some(stdin) = state.io.stdin.take() {
+                stdin.abort();
+            }
+            for copy in state.io.outputs.drain(..) {
                 copy.abort();
             }
         }
@@ -743,10 +745,9 @@ impl<R: OciRuntime> Task for TaskService<R> {
     async fn close_io(&self, _: &TtrpcContext, request: api::CloseIORequest) -> ttrpc::Result<Empty> {
         let container = self.container(&request.id)?;
         let process = container.process(&request.exec_id)?;
-        if request.stdin
-            && let Some(stdin) = process.state().io.stdin.take()
-        {
-            stdin.abort();
+        let stdin = if request.stdin { process.state().io.stdin.take() } else { None };
+        if let Some(stdin) = stdin {
+            stdin.finish().await;
         }
         Ok(Empty::new())
     }

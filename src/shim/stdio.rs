@@ -16,13 +16,15 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rustix::fs::OFlags;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::cri_log::{CriLogFile, LineSplitter, LogStream, MAX_LOG_LINE};
 
@@ -55,6 +57,11 @@ impl AsyncStream {
                 Err(_would_block) => continue,
             }
         }
+    }
+
+    /// Reads what is there without waiting; `WouldBlock` when nothing is.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        rustix::io::read(self.fd.get_ref(), buf).map_err(io::Error::from)
     }
 
     pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
@@ -291,10 +298,27 @@ pub struct InputCopy {
 }
 
 impl InputCopy {
-    pub async fn run(self) {
+    /// Copies until the source ends, or until `finish` fires: then what the
+    /// writers already put into the source still goes in before the copy ends.
+    async fn run(self, mut finish: oneshot::Receiver<()>) {
         let mut buf = vec![0u8; 8 * 1024];
+        let mut finishing = false;
         loop {
-            match self.source.read(&mut buf).await {
+            let read = if finishing {
+                match self.source.try_read(&mut buf) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                    read => read,
+                }
+            } else {
+                tokio::select! {
+                    read = self.source.read(&mut buf) => read,
+                    _ = &mut finish => {
+                        finishing = true;
+                        continue;
+                    }
+                }
+            };
+            match read {
                 Ok(0) => return,
                 Ok(read) => {
                     if self.sink.write_all(&buf[..read]).await.is_err() {
@@ -306,6 +330,39 @@ impl InputCopy {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// How long `CloseIO` lets pending input drain into a process that reads it slowly.
+const STDIN_DRAIN: Duration = Duration::from_secs(5);
+
+/// A running copy loop into a process's stdin; ending it closes the process's
+/// stdin (unless the sink is a terminal, which others hold too).
+pub struct StdinCopy {
+    task: JoinHandle<()>,
+    finish: oneshot::Sender<()>,
+}
+
+impl StdinCopy {
+    pub fn spawn(copy: InputCopy) -> StdinCopy {
+        let (finish, finishing) = oneshot::channel();
+        StdinCopy { task: tokio::spawn(copy.run(finishing)), finish }
+    }
+
+    /// Stops at once: the process is gone.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
+    /// Stops once what was written into the source before this call reached the
+    /// process (`CloseIO`), or after STDIN_DRAIN if the process does not read it.
+    pub async fn finish(self) {
+        let StdinCopy { task, finish } = self;
+        let _ = finish.send(());
+        let stopper = task.abort_handle();
+        if tokio::time::timeout(STDIN_DRAIN, task).await.is_err() {
+            stopper.abort();
         }
     }
 }

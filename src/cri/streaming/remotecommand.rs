@@ -78,11 +78,10 @@ pub async fn run_exec(pods: PodService, request: ExecRequest, events: mpsc::Rece
     let exited = tokio::select! {
         exited = &mut exit => exited,
         _ = &mut client => {
-            // Kubernetes leaves the process running when its client goes away; its
-            // stdin is closed by now, and a terminal is hung up, whose shell would
-            // otherwise wait for input forever.
-            if request.tty {
-                let _ = session.control.signal(libc::SIGHUP as u32).await;
+            // Nobody can see the process's output or end its input any more: it is
+            // killed, as containerd does, and the exit waiter lets the shim forget it.
+            if let Err(error) = session.control.signal(libc::SIGKILL as u32).await {
+                tracing::debug!(%error, "killing an exec whose client went away");
             }
             stoppers.iter().for_each(|pump| pump.abort());
             return ExecEnd::ClientGone;
@@ -137,7 +136,7 @@ async fn feed_process(mut events: mpsc::Receiver<ClientEvent>, mut stdin: Option
             }
             ClientEvent::CloseStdin => {
                 if let Some(pipe) = stdin.take()
-                    && let Err(error) = control.close_stdin(Some(&pipe)).await
+                    && let Err(error) = close_stdin(&control, pipe).await
                 {
                     tracing::debug!(%error, "closing an exec's stdin");
                 }
@@ -145,8 +144,15 @@ async fn feed_process(mut events: mpsc::Receiver<ClientEvent>, mut stdin: Option
         }
     }
     if let Some(pipe) = stdin.take() {
-        let _ = control.close_stdin(Some(&pipe)).await;
+        let _ = close_stdin(&control, pipe).await;
     }
+}
+
+/// Closes this end of the stdin FIFO, whose bytes stay in it for the shim, then
+/// has the shim pass them on and end the process's stdin.
+async fn close_stdin(control: &ExecControl, pipe: pipe::Sender) -> Result<(), crate::shim::ShimError> {
+    drop(pipe);
+    control.close_stdin().await
 }
 
 /// Attach: input goes to the container's stdin FIFO, output is the shim's live
