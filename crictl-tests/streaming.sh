@@ -110,10 +110,11 @@ scenario_exec_tty() {
     remove_all_pods
 }
 
-# forwarded_get TRANSPORT LOCAL_PORT: GETs / twice through a crictl port-forward of POD to port 8080.
+# forwarded_get TRANSPORT LOCAL_PORT [POD_PORT]: GETs / twice through a crictl port-forward
+# of POD to POD_PORT (8080).
 forwarded_get() {
-    local transport=$1 local_port=$2 forwarder out
-    cri port-forward --transport "$transport" "$POD" "$local_port:8080" >"$WORKDIR/port-forward.log" 2>&1 &
+    local transport=$1 local_port=$2 pod_port=${3:-8080} forwarder out
+    cri port-forward --transport "$transport" "$POD" "$local_port:$pod_port" >"$WORKDIR/port-forward.log" 2>&1 &
     forwarder=$!
     for _ in $(seq 1 50); do
         grep -q 'Forwarding from' "$WORKDIR/port-forward.log" && break
@@ -127,13 +128,116 @@ forwarded_get() {
 }
 
 scenario_port_forward() {
-    local out
+    local out transport
     pod_with_ctr port-forward sh -c 'mkdir -p /www && echo hello-from-pod >/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www' ||
         { fail_check "a pod serving http on its 127.0.0.1:8080 runs" "$POD $CTR"; return; }
     sleep 0.5
-    out=$(forwarded_get spdy "$(free_port)")
-    check_eq "two GETs through crictl port-forward (SPDY) reach httpd in the pod" "hello-from-pod hello-from-pod" "$out"
+    for transport in spdy websocket; do
+        out=$(forwarded_get "$transport" "$(free_port)")
+        check_eq "$transport: two GETs through crictl port-forward reach httpd in the pod" "hello-from-pod hello-from-pod" "$out"
+    done
+    out=$(forwarded_get websocket "$(free_port)" 9999)
+    check_match "websocket: a port nothing listens on gets an error, not a hang" 'error forwarding port 9999' "$(cat "$WORKDIR/port-forward.log")"
     check_eq "the pod's httpd is not reachable from the host directly" "" "$(curl -s --max-time 2 http://127.0.0.1:8080/ 2>/dev/null)"
+    remove_all_pods
+}
+
+# rss_kb PID: resident memory of a process, in KiB.
+rss_kb() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
+}
+
+# pod_shim_pid: the shim of the one pod running.
+pod_shim_pid() {
+    cat "$DAEMON_STATE"/shims/*/shim.pid 2>/dev/null | head -1
+}
+
+# sample_peak_rss PID OUTFILE: writes the highest RSS of PID seen every 0.2 s into
+# OUTFILE until killed.
+sample_peak_rss() {
+    local pid=$1 out=$2 peak=0 rss
+    while rss=$(rss_kb "$pid"); do
+        ((rss > peak)) && peak=$rss && echo "$peak" >"$out"
+        sleep 0.2
+    done
+}
+
+# A reader that stalls, then reads in bursts with stalls between: the output it
+# waits for piles up wherever nothing holds it back.
+SLOW_READER='
+import sys, time
+time.sleep(5)
+total = 0
+while True:
+    chunk = sys.stdin.buffer.read(1 << 16)
+    if not chunk:
+        break
+    total += len(chunk)
+    if total % (128 << 20) < (1 << 16):
+        time.sleep(1)
+print(total)
+'
+
+# back_pressure_checks TRANSPORT: 1 GiB of exec output to a slow reader.
+back_pressure_checks() {
+    local transport=$1 shim daemon_before shim_before sampler_daemon sampler_shim out
+    shim=$(pod_shim_pid)
+    daemon_before=$(rss_kb "$DAEMON_PID")
+    shim_before=$(rss_kb "$shim")
+    sample_peak_rss "$DAEMON_PID" "$WORKDIR/peak-daemon" & sampler_daemon=$!
+    sample_peak_rss "$shim" "$WORKDIR/peak-shim" & sampler_shim=$!
+    out=$(cri exec --transport "$transport" "$CTR" head -c 1073741824 /dev/zero | python3 -c "$SLOW_READER")
+    kill "$sampler_daemon" "$sampler_shim" 2>/dev/null
+    wait "$sampler_daemon" "$sampler_shim" 2>/dev/null
+    check_eq "$transport: 1 GiB of exec output reaches a slow reader whole" 1073741824 "$out"
+    local daemon_growth=$(($(cat "$WORKDIR/peak-daemon") - daemon_before)) shim_growth=$(($(cat "$WORKDIR/peak-shim") - shim_before))
+    check "$transport: berthd's RSS grew by ${daemon_growth} KiB (< 64 MiB) while the reader stalled" test "$daemon_growth" -lt 65536
+    check "$transport: the shim's RSS grew by ${shim_growth} KiB (< 64 MiB) while the reader stalled" test "$shim_growth" -lt 65536
+}
+
+scenario_back_pressure() {
+    pod_with_ctr back-pressure sleep 3600 || { fail_check "a pod with a sleeping container runs" "$POD $CTR"; return; }
+    back_pressure_checks spdy
+    back_pressure_checks websocket
+    remove_all_pods
+}
+
+# disconnect_checks TRANSPORT: the client killed mid-exec.
+disconnect_checks() {
+    local transport=$1 shim fds_before client out
+    shim=$(pod_shim_pid)
+    fds_before=$(ls "/proc/$shim/fd" | wc -l)
+    # crictl itself is the last command of the pipeline, so $! is its pid.
+    (sleep 30) | "$CRICTL" --config "$CRICTL_CONFIG" exec --transport "$transport" -i "$CTR" sh -c 'echo started; exec sleep 4242' >"$WORKDIR/disconnect.out" 2>&1 &
+    client=$!
+    for _ in $(seq 1 50); do
+        grep -q started "$WORKDIR/disconnect.out" && break
+        sleep 0.1
+    done
+    check_match "$transport: the exec runs" started "$(cat "$WORKDIR/disconnect.out")"
+    kill -KILL "$client" 2>/dev/null
+    wait "$client" 2>/dev/null
+    for _ in $(seq 1 50); do
+        out=$(cri exec "$CTR" ps -o args 2>&1 | grep -c 'sleep 4242')
+        [[ $out == 0 ]] && break
+        sleep 0.1
+    done
+    check_eq "$transport: the exec'd process is gone with its client" 0 "$out"
+    for _ in $(seq 1 50); do
+        (($(ls "/proc/$shim/fd" | wc -l) <= fds_before)) && break
+        sleep 0.1
+    done
+    check_eq "$transport: the shim holds as many descriptors as before the exec" "$fds_before" "$(ls "/proc/$shim/fd" | wc -l)"
+}
+
+scenario_disconnect() {
+    local out
+    pod_with_ctr disconnect sleep 3600 || { fail_check "a pod with a sleeping container runs" "$POD $CTR"; return; }
+    disconnect_checks spdy
+    disconnect_checks websocket
+    # stdin that is still on its way when the client ends it reaches the process whole.
+    out=$(head -c 2000000 /dev/zero | cri exec -i "$CTR" sh -c 'sleep 2; wc -c' 2>&1)
+    check_eq "stdin waiting in the pipes when it ends is passed on before it closes" 2000000 "$(tr -d ' ' <<<"$out")"
     remove_all_pods
 }
 
@@ -155,6 +259,23 @@ attach_checks() {
     check_match "$transport: attach -i feeds the container's stdin and shows its output" '^got:second' "$out"
     check_match "$transport: the attacher sees output from its first line on" '^got:first' "$out"
     check_eq "$transport: detaching leaves the container running" CONTAINER_RUNNING "$(cri inspect -o json "$CTR" | jq -r .status.state)"
+    # A second attacher, output only, sees what the first one's input causes, live.
+    timeout -k 3 6 "$CRICTL" --config "$CRICTL_CONFIG" attach --transport "$transport" "$CTR" >"$WORKDIR/watcher.out" 2>&1 &
+    local watcher=$!
+    sleep 1
+    out=$( (echo shared; sleep 2) | timeout -k 3 5 "$CRICTL" --config "$CRICTL_CONFIG" attach --transport "$transport" -i "$CTR" 2>&1)
+    wait "$watcher"
+    check_match "$transport: the attacher typing sees its output" '^got:shared' "$out"
+    check_match "$transport: a second attacher at the same time sees it too" '^got:shared' "$(cat "$WORKDIR/watcher.out")"
+    check_eq "$transport: two attachers gone, the container still runs" CONTAINER_RUNNING "$(cri inspect -o json "$CTR" | jq -r .status.state)"
+    check_eq "$transport: no attach FIFO is left in the shim directory" "" "$(find "$DAEMON_STATE" -name '*.attach-*' 2>/dev/null)"
+    CTR_FILTER='.stdin = true | .tty = true' pod_with_ctr "attach-tty-$transport" sh ||
+        { fail_check "a pod with a shell on a terminal runs" "$POD $CTR"; return; }
+    # Input outlasts the attacher, which is cut off: script(1) would type ^D at its end.
+    out=$( (sleep 1; printf 'echo tty-$((6*7))\n'; sleep 8) |
+        timeout -k 2 5 script -qec "$CRICTL --config $CRICTL_CONFIG attach -it --transport $transport $CTR" /dev/null 2>&1)
+    check_match "$transport: attach -it types into the container's shell and shows its terminal" 'tty-42' "$out"
+    check_eq "$transport: detaching from the terminal leaves the shell running" CONTAINER_RUNNING "$(cri inspect -o json "$CTR" | jq -r .status.state)"
     CTR_FILTER='.stdin = true | .stdin_once = true' pod_with_ctr "attach-once-$transport" cat ||
         { fail_check "a pod with a stdin_once container runs" "$POD $CTR"; return; }
     out=$(echo only-once | timeout -k 3 20 "$CRICTL" --config "$CRICTL_CONFIG" attach --transport "$transport" -i "$CTR" 2>&1)
@@ -179,6 +300,12 @@ scenario_bad_urls() {
 }
 
 # ---------------------------------------------------------------- main
+
+# ONLY=PATTERN runs just the scenarios whose function name matches PATTERN.
+scenario_if_wanted() {
+    [[ $2 =~ ${ONLY:-.} ]] && scenario "$@"
+    return 0
+}
 
 echo "$SCENARIO_FILE: daemon $CRI_DAEMON, $("$CRICTL" --version), work dir $WORKDIR"
 [[ $CRI_DAEMON == berth ]] || die "these scenarios need berthd's streaming server"
@@ -218,9 +345,11 @@ trap remove_short_state_then_cleanup EXIT
 daemon_start || die "$CRI_DAEMON did not start; log: $(tail -20 "$DAEMON_LOG")"
 cri pull "$BUSYBOX" >/dev/null || die "could not pull $BUSYBOX"
 
-scenario "exec -i over WebSocket and SPDY: stdin, stdout, stderr, exit codes" scenario_exec_pipes
-scenario "exec -it over WebSocket and SPDY: a shell in a terminal" scenario_exec_tty
-scenario "attach over SPDY and WebSocket: stdin, output from the log, stdin_once" scenario_attach
-scenario "port-forward over SPDY to httpd in a pod" scenario_port_forward
-scenario "unknown tokens and bad requests get bare errors" scenario_bad_urls
+scenario_if_wanted "exec -i over WebSocket and SPDY: stdin, stdout, stderr, exit codes" scenario_exec_pipes
+scenario_if_wanted "exec -it over WebSocket and SPDY: a shell in a terminal" scenario_exec_tty
+scenario_if_wanted "attach over SPDY and WebSocket: stdin, live output to several attachers, terminals, stdin_once" scenario_attach
+scenario_if_wanted "port-forward over SPDY and WebSocket to httpd in a pod" scenario_port_forward
+scenario_if_wanted "back-pressure: 1 GiB of exec output to a slow reader, memory stays bounded" scenario_back_pressure
+scenario_if_wanted "a client killed mid-exec leaks neither the process nor the shim's descriptors" scenario_disconnect
+scenario_if_wanted "unknown tokens and bad requests get bare errors" scenario_bad_urls
 finish

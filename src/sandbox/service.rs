@@ -830,15 +830,16 @@ impl PodService {
         Ok(shim.exec(&container.id, &process, streams).await?)
     }
 
-    /// Attaches to a running container's own process; `with_stdin` needs a
-    /// container created with `stdin`.
-    pub async fn attach(&self, id: &str, with_stdin: bool) -> Result<(ContainerRecord, Attachment), SandboxError> {
+    /// Attaches to a running container's own process; `streams.stdin` needs a
+    /// container created with `stdin`, and a terminal has no stderr of its own.
+    pub async fn attach(&self, id: &str, streams: ExecStreams) -> Result<(ContainerRecord, Attachment), SandboxError> {
         let container = self.running_container(id)?;
-        if with_stdin && !container.spec.stdin {
+        if streams.stdin && !container.spec.stdin {
             return Err(SandboxError::invalid("stdin", format!("container {} was not created with stdin", container.id)));
         }
+        let streams = ExecStreams { stderr: streams.stderr && !container.spec.tty, ..streams };
         let shim = self.shim(&container.pod_id).await?;
-        let attachment = shim.attach(&container.id, with_stdin).await?;
+        let attachment = shim.attach(&container.id, streams).await?;
         Ok((container, attachment))
     }
 

@@ -23,7 +23,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 
 use super::cgroup::{V1_METRICS_TYPE, V2_METRICS_TYPE};
-use super::{EXTRA_SERVICE, OOM_KILLED_METHOD, PID_FILE, REOPEN_LOG_METHOD, SOCKET_FILE};
+use super::{ATTACH_METHOD, EXTRA_SERVICE, OOM_KILLED_METHOD, PID_FILE, REOPEN_LOG_METHOD, SOCKET_FILE};
 
 /// Deadline of an ordinary call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -333,7 +333,7 @@ impl ShimClient {
         let exec_id = format!("exec-{:016x}", rand::random::<u64>());
         let io_dir = self.state_dir.join("io");
         let path = |stream: &str, wanted: bool| wanted.then(|| io_dir.join(format!("{exec_id}.{stream}")));
-        let fifos = ExecFifos {
+        let fifos = IoFifos {
             stdin: path("stdin", streams.stdin),
             stdout: path("stdout", streams.stdout),
             stderr: path("stderr", streams.stderr && !process.terminal().unwrap_or(false)),
@@ -342,16 +342,7 @@ impl ShimClient {
             let path = path.to_path_buf();
             move |source| ShimError::Io { path, source }
         };
-        let mut receivers = Vec::new();
-        for fifo in [&fifos.stdout, &fifos.stderr] {
-            receivers.push(match fifo {
-                Some(path) => {
-                    make_fifo(path)?;
-                    Some(pipe::OpenOptions::new().open_receiver(path).map_err(io_error(path))?)
-                }
-                None => None,
-            });
-        }
+        let (stdout, stderr) = fifos.open_outputs()?;
         let stdin = match &fifos.stdin {
             Some(path) => {
                 make_fifo(path)?;
@@ -379,8 +370,6 @@ impl ShimClient {
             self.delete_exec(id, &exec_id).await;
             return Err(error);
         }
-        let stderr = receivers.pop().flatten();
-        let stdout = receivers.pop().flatten();
         Ok(ExecPipes { exec_id, stdin, stdout, stderr })
     }
 
@@ -436,10 +425,11 @@ impl ShimClient {
     }
 
     /// Connects to a running container's own process: its stdin FIFO (when it
-    /// was created with `stdin` and `with_stdin`), and its exit code to come. The
-    /// output goes to the container's log only; attachers follow that.
-    pub async fn attach(&self, id: &str, with_stdin: bool) -> Result<Attachment, ShimError> {
-        let stdin = if with_stdin {
+    /// was created with `stdin` and `streams.stdin`), a live copy of the output
+    /// streams asked for (the shim feeds FIFOs this client creates, removed once
+    /// open), and its exit code to come.
+    pub async fn attach(&self, id: &str, streams: ExecStreams) -> Result<Attachment, ShimError> {
+        let stdin = if streams.stdin {
             let path = self.stdin_path(id);
             // The shim holds the FIFO open read-write for the container's life, so
             // this open neither blocks nor fails while the container runs.
@@ -447,12 +437,21 @@ impl ShimClient {
         } else {
             None
         };
+        let attach_id = format!("{id}.attach-{:016x}", rand::random::<u64>());
+        let io_dir = self.state_dir.join("io");
+        let path = |stream: &str, wanted: bool| wanted.then(|| io_dir.join(format!("{attach_id}.{stream}")));
+        let fifos = IoFifos { stdin: None, stdout: path("stdout", streams.stdout), stderr: path("stderr", streams.stderr) };
+        let (stdout, stderr) = fifos.open_outputs()?;
+        let shown = |fifo: &Option<PathBuf>| fifo.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let request = api::ExecProcessRequest { id: id.into(), stdout: shown(&fifos.stdout), stderr: shown(&fifos.stderr), ..Default::default() };
+        let payload = request.write_to_bytes().map_err(|error| ShimError::InvalidArgument(format!("attach request: {error}")))?;
+        self.extra_request(ATTACH_METHOD, payload).await?;
         let (exit_sender, exit) = tokio::sync::oneshot::channel();
         let (client, container_id) = (self.clone(), id.to_string());
         tokio::spawn(async move {
             let _ = exit_sender.send(client.wait(&container_id).await.map(|exit| exit.code));
         });
-        Ok(Attachment { stdin, exit, client: self.clone(), container_id: id.to_string() })
+        Ok(Attachment { stdin, stdout, stderr, exit, client: self.clone(), container_id: id.to_string() })
     }
 
     async fn signal_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), ShimError> {
@@ -552,11 +551,15 @@ impl ShimClient {
             .map_err(|error| ShimError::Shim { method: OOM_KILLED_METHOD, message: format!("decoding the reply: {error}") })
     }
 
-    /// Calls a method of `berth.shim.v1.Container`, which takes the container id.
+    /// Calls a method of `berth.shim.v1.Container` that takes the container id.
     async fn extra_call(&self, method: &'static str, id: &str) -> Result<Vec<u8>, ShimError> {
         let payload = StringValue { value: id.into(), ..Default::default() }
             .write_to_bytes()
             .map_err(|error| ShimError::InvalidArgument(format!("id: {error}")))?;
+        self.extra_request(method, payload).await
+    }
+
+    async fn extra_request(&self, method: &'static str, payload: Vec<u8>) -> Result<Vec<u8>, ShimError> {
         let mut request = ttrpc::Request::new();
         request.set_service(EXTRA_SERVICE.into());
         request.set_method(method.into());
@@ -663,14 +666,31 @@ pub struct ExecStreams {
     pub stderr: bool,
 }
 
-/// The FIFO files of one exec, removed once both ends are open (or the start failed).
-struct ExecFifos {
+/// The FIFO files of one exec or attach, removed once both ends are open (or the start failed).
+struct IoFifos {
     stdin: Option<PathBuf>,
     stdout: Option<PathBuf>,
     stderr: Option<PathBuf>,
 }
 
-impl Drop for ExecFifos {
+impl IoFifos {
+    /// Makes the output FIFOs and opens their reading ends, which the shim's
+    /// writing ends need to exist. Read them only once the shim opened those:
+    /// before, a read sees the end of the stream.
+    fn open_outputs(&self) -> Result<(Option<pipe::Receiver>, Option<pipe::Receiver>), ShimError> {
+        let open = |fifo: &Option<PathBuf>| match fifo {
+            Some(path) => {
+                make_fifo(path)?;
+                let receiver = pipe::OpenOptions::new().open_receiver(path).map_err(|source| ShimError::Io { path: path.clone(), source })?;
+                Ok(Some(receiver))
+            }
+            None => Ok(None),
+        };
+        Ok((open(&self.stdout)?, open(&self.stderr)?))
+    }
+}
+
+impl Drop for IoFifos {
     fn drop(&mut self) {
         for path in [&self.stdin, &self.stdout, &self.stderr].into_iter().flatten() {
             let _ = std::fs::remove_file(path);
@@ -703,9 +723,6 @@ pub struct ExecControl {
     exec_id: String,
 }
 
-/// How long stdin may take to drain into the process before CloseIO cuts it.
-const STDIN_DRAIN: Duration = Duration::from_secs(5);
-
 impl ExecControl {
     pub async fn resize(&self, width: u32, height: u32) -> Result<(), ShimError> {
         let request = api::ResizePtyRequest { id: self.container_id.clone(), exec_id: self.exec_id.clone(), width, height, ..Default::default() };
@@ -713,13 +730,9 @@ impl ExecControl {
         Ok(())
     }
 
-    /// Ends the process's stdin once what was written into `stdin` reached the
-    /// shim: CloseIO stops the shim's copy at once, and would drop bytes still
-    /// in the FIFO.
-    pub async fn close_stdin(&self, stdin: Option<&pipe::Sender>) -> Result<(), ShimError> {
-        if let Some(stdin) = stdin {
-            drained(stdin).await;
-        }
+    /// Ends the process's stdin; the shim first passes on what was already
+    /// written into the stdin FIFO.
+    pub async fn close_stdin(&self) -> Result<(), ShimError> {
         let request = api::CloseIORequest { id: self.container_id.clone(), exec_id: self.exec_id.clone(), stdin: true, ..Default::default() };
         self.client.call("CloseIO", Some(CALL_TIMEOUT), self.client.task.close_io(Self::context(), &request)).await?;
         Ok(())
@@ -734,9 +747,12 @@ impl ExecControl {
     }
 }
 
-/// One attacher's connection to a container's own process.
+/// One attacher's connection to a container's own process. The output pipes end
+/// when the container's output does, or when the reader fell too far behind.
 pub struct Attachment {
     pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
     /// The container's exit code once it ended.
     pub exit: tokio::sync::oneshot::Receiver<Result<i32, ShimError>>,
     client: ShimClient,
@@ -748,30 +764,11 @@ impl Attachment {
         self.client.resize_pty(&self.container_id, width, height).await
     }
 
-    /// Ends the container's stdin for good (`stdin_once`), after what this
-    /// attacher wrote reached the shim.
+    /// Ends the container's stdin for good (`stdin_once`), after what was
+    /// written into it.
     pub async fn close_stdin(&self) -> Result<(), ShimError> {
-        if let Some(stdin) = &self.stdin {
-            drained(stdin).await;
-        }
         self.client.close_stdin(&self.container_id).await
     }
-}
-
-/// Waits (up to STDIN_DRAIN) until the shim read everything written into `stdin`.
-async fn drained(stdin: &pipe::Sender) {
-    let deadline = tokio::time::Instant::now() + STDIN_DRAIN;
-    while unread_bytes(stdin) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Bytes sitting in a pipe, not yet read by its other end.
-fn unread_bytes(pipe: &impl std::os::fd::AsRawFd) -> usize {
-    let mut count: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
-    let result = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut count) };
-    if result < 0 { 0 } else { count.max(0) as usize }
 }
 
 /// Reads one output FIFO in the background into a buffer that survives the

@@ -27,7 +27,12 @@
 //! Beside it, `berth.shim.v1.Container` has two methods taking the container id
 //! as a `google.protobuf.StringValue`: `ReopenLog` (after kubelet rotated the
 //! log; answers `Empty`) and `OomKilled` (whether the kernel's OOM killer killed
-//! a process of the container; answers `google.protobuf.BoolValue`).
+//! a process of the container; answers `google.protobuf.BoolValue`). A third,
+//! `Attach`, takes an `ExecProcessRequest` whose `id`/`exec_id` name a process
+//! (`exec_id` empty: the container's own) and whose `stdout`/`stderr` name FIFOs,
+//! already open for reading, that get a live copy of that output stream from
+//! then on; a FIFO ends when the stream does, or when its reader falls more than
+//! 64 chunks behind. Answers `Empty`.
 
 mod cgroup;
 pub mod cgroup_tree;
@@ -49,6 +54,7 @@ pub const TASK_SERVICE_V3: &str = "containerd.task.v3.Task";
 pub const EXTRA_SERVICE: &str = "berth.shim.v1.Container";
 pub const REOPEN_LOG_METHOD: &str = "ReopenLog";
 pub const OOM_KILLED_METHOD: &str = "OomKilled";
+pub const ATTACH_METHOD: &str = "Attach";
 
 /// File names inside a pod's shim state directory.
 pub const SOCKET_FILE: &str = "shim.sock";

@@ -28,8 +28,8 @@ use super::cgroup::ContainerCgroup;
 use super::cri_log::{CriLogFile, LogStream};
 use super::reaper::{ExitStatus, Reaper};
 use super::runtime::{OciRuntime, ProcessStdio, RuntimeError, StartSpec, read_pid_file};
-use super::stdio::{AsyncStream, ConsoleSocket, Input, InputCopy, Output, OutputCopy, StdioError, resize_terminal};
-use super::{EXTRA_SERVICE, OOM_KILLED_METHOD, REOPEN_LOG_METHOD, TASK_SERVICE_V2, TASK_SERVICE_V3};
+use super::stdio::{AsyncStream, ConsoleSocket, Input, InputCopy, Output, OutputCopy, OutputFanout, StdinCopy, StdioError, resize_terminal};
+use super::{ATTACH_METHOD, EXTRA_SERVICE, OOM_KILLED_METHOD, REOPEN_LOG_METHOD, TASK_SERVICE_V2, TASK_SERVICE_V3};
 
 /// How long an exit waits for the process's output to be copied out before it is
 /// reported anyway (a leaked descendant may hold the output pipe open).
@@ -89,8 +89,8 @@ enum Phase {
 
 #[derive(Default)]
 struct ProcessIo {
-    /// The copy loop into stdin; aborting it closes the process's stdin.
-    stdin: Option<JoinHandle<()>>,
+    /// The copy loop into stdin; ending it closes the process's stdin.
+    stdin: Option<StdinCopy>,
     /// The master side of the process's terminal, for resizing.
     console: Option<Arc<AsyncStream>>,
     outputs: Vec<JoinHandle<()>>,
@@ -113,6 +113,8 @@ struct Process {
     spec: Vec<u8>,
     state: Mutex<ProcessState>,
     exit: watch::Sender<Option<ExitStatus>>,
+    /// Live copies of the output copied through the shim.
+    attachers: Arc<OutputFanout>,
 }
 
 impl Process {
@@ -126,6 +128,7 @@ impl Process {
             spec,
             state: Mutex::new(ProcessState { pid: 0, phase: Phase::Created, io: ProcessIo::default() }),
             exit: watch::Sender::new(None),
+            attachers: Arc::default(),
         }
     }
 
@@ -227,6 +230,7 @@ impl<R: OciRuntime> TaskService<R> {
         let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
         methods.insert(REOPEN_LOG_METHOD.into(), Box::new(ExtraMethod { service: self.clone(), method: Extra::ReopenLog }));
         methods.insert(OOM_KILLED_METHOD.into(), Box::new(ExtraMethod { service: self.clone(), method: Extra::OomKilled }));
+        methods.insert(ATTACH_METHOD.into(), Box::new(ExtraMethod { service: self.clone(), method: Extra::Attach }));
         services.insert(EXTRA_SERVICE.into(), Service { methods, streams: HashMap::new() });
         services
     }
@@ -389,7 +393,7 @@ impl<R: OciRuntime> TaskService<R> {
             let reader = AsyncStream::new(master).map_err(|error| internal("terminal", error))?;
             // A terminal merges stderr into stdout.
             drop(stderr);
-            output_copies.push(OutputCopy { source: reader, sink: stdout });
+            output_copies.push(OutputCopy { source: reader, sink: stdout, fanout: None }.with_fanout(&process.attachers, LogStream::Stdout));
             if let Input::Fifo(source) = stdin {
                 input_copy = Some(InputCopy { source, sink: console.clone() });
             }
@@ -398,8 +402,8 @@ impl<R: OciRuntime> TaskService<R> {
             let (stdin_fd, stdin_copy) = stdin.attach().map_err(|error| internal("stdin pipe", error))?;
             let (stdout_fd, stdout_copy) = stdout.attach().map_err(|error| internal("stdout pipe", error))?;
             let (stderr_fd, stderr_copy) = stderr.attach().map_err(|error| internal("stderr pipe", error))?;
-            output_copies.extend(stdout_copy);
-            output_copies.extend(stderr_copy);
+            output_copies.extend(stdout_copy.map(|copy| copy.with_fanout(&process.attachers, LogStream::Stdout)));
+            output_copies.extend(stderr_copy.map(|copy| copy.with_fanout(&process.attachers, LogStream::Stderr)));
             input_copy = stdin_copy;
             let stdio = ProcessStdio { stdin: stdin_fd, stdout: stdout_fd, stderr: stderr_fd };
             run(StartSpec { stdio, console_socket: None, pid_file: pid_file.clone() }).await?;
@@ -407,7 +411,7 @@ impl<R: OciRuntime> TaskService<R> {
         let pid = read_pid_file(&pid_file)?;
         let exited = self.state.reaper.watch(pid);
         io.outputs = output_copies.into_iter().map(|copy| tokio::spawn(copy.run())).collect();
-        io.stdin = input_copy.map(|copy| tokio::spawn(copy.run()));
+        io.stdin = input_copy.map(StdinCopy::spawn);
         let mut state = process.state();
         state.pid = pid;
         state.io = io;
@@ -555,8 +559,10 @@ impl<R: OciRuntime> TaskService<R> {
         let execs: Vec<Arc<Process>> = container.execs().drain().map(|(_, exec)| exec).collect();
         for process in execs.iter().chain(std::iter::once(&container.init)) {
             let mut state = process.state();
-            let stdin = state.io.stdin.take();
-            for copy in state.io.outputs.drain(..).chain(stdin) {
+            if let Some(stdin) = state.io.stdin.take() {
+                stdin.abort();
+            }
+            for copy in state.io.outputs.drain(..) {
                 copy.abort();
             }
         }
@@ -585,6 +591,27 @@ impl<R: OciRuntime> TaskService<R> {
         let container = self.container(id)?;
         let log = container.log.as_ref().ok_or_else(|| TaskError::FailedPrecondition(format!("container {id} has no CRI log file")))?;
         log.reopen().map_err(|error| internal(&format!("reopening {}", log.path().display()), error))
+    }
+
+    /// Gives the FIFOs named in `stdout`/`stderr` a live copy of the process's
+    /// output. Both are opened before either is attached, so a bad one attaches none.
+    fn attach(&self, request: &api::ExecProcessRequest) -> Result<(), TaskError> {
+        let container = self.container(&request.id)?;
+        let process = container.process(&request.exec_id)?;
+        let mut fifos = Vec::new();
+        for (path, field, stream) in [(&request.stdout, "stdout", LogStream::Stdout), (&request.stderr, "stderr", LogStream::Stderr)] {
+            if path.is_empty() {
+                continue;
+            }
+            let Output::Fifo(fifo) = (if is_fifo(path) { Output::open_raw(path, field)? } else { Output::Discard }) else {
+                return Err(TaskError::InvalidArgument(format!("{field} {path:?}: not a FIFO")));
+            };
+            fifos.push((stream, fifo));
+        }
+        for (stream, fifo) in fifos {
+            process.attachers.attach(stream, fifo);
+        }
+        Ok(())
     }
 
     fn oom_killed(&self, id: &str) -> Result<bool, TaskError> {
@@ -718,10 +745,9 @@ impl<R: OciRuntime> Task for TaskService<R> {
     async fn close_io(&self, _: &TtrpcContext, request: api::CloseIORequest) -> ttrpc::Result<Empty> {
         let container = self.container(&request.id)?;
         let process = container.process(&request.exec_id)?;
-        if request.stdin
-            && let Some(stdin) = process.state().io.stdin.take()
-        {
-            stdin.abort();
+        let stdin = if request.stdin { process.state().io.stdin.take() } else { None };
+        if let Some(stdin) = stdin {
+            stdin.finish().await;
         }
         Ok(Empty::new())
     }
@@ -781,11 +807,13 @@ impl<R: OciRuntime> Task for TaskService<R> {
 enum Extra {
     ReopenLog,
     OomKilled,
+    Attach,
 }
 
-/// A method of `berth.shim.v1.Container`. Both take the container id as a
-/// `google.protobuf.StringValue`; `ReopenLog` answers `Empty`, `OomKilled` a
-/// `google.protobuf.BoolValue`.
+/// A method of `berth.shim.v1.Container`. `ReopenLog` and `OomKilled` take the
+/// container id as a `google.protobuf.StringValue` and answer `Empty` and a
+/// `google.protobuf.BoolValue`; `Attach` takes an `ExecProcessRequest` naming
+/// the process and its attacher's FIFOs, and answers `Empty`.
 struct ExtraMethod<R> {
     service: TaskService<R>,
     method: Extra,
@@ -795,12 +823,16 @@ struct ExtraMethod<R> {
 impl<R: OciRuntime> MethodHandler for ExtraMethod<R> {
     async fn handler(&self, _: TtrpcContext, request: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
         let mut response = ttrpc::Response::new();
-        let outcome = match StringValue::parse_from_bytes(&request.payload) {
-            Err(error) => Err(TaskError::InvalidArgument(format!("request: not a StringValue container id: {error}"))),
-            Ok(id) => match self.method {
-                Extra::ReopenLog => self.service.reopen_log(&id.value).map(|()| Empty::new().write_to_bytes()),
-                Extra::OomKilled => self.service.oom_killed(&id.value).map(|killed| BoolValue { value: killed, ..Default::default() }.write_to_bytes()),
+        let outcome = match (self.method, StringValue::parse_from_bytes(&request.payload)) {
+            (Extra::Attach, _) => match api::ExecProcessRequest::parse_from_bytes(&request.payload) {
+                Err(error) => Err(TaskError::InvalidArgument(format!("request: not an ExecProcessRequest: {error}"))),
+                Ok(attach) => self.service.attach(&attach).map(|()| Empty::new().write_to_bytes()),
             },
+            (_, Err(error)) => Err(TaskError::InvalidArgument(format!("request: not a StringValue container id: {error}"))),
+            (Extra::ReopenLog, Ok(id)) => self.service.reopen_log(&id.value).map(|()| Empty::new().write_to_bytes()),
+            (Extra::OomKilled, Ok(id)) => {
+                self.service.oom_killed(&id.value).map(|killed| BoolValue { value: killed, ..Default::default() }.write_to_bytes())
+            }
         };
         match outcome {
             Ok(Ok(payload)) => {

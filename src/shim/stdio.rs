@@ -5,18 +5,26 @@
 //! never blocks or dies because its reader went away; output to a regular file or
 //! nowhere is handed to the process directly. Input from a FIFO goes through a pipe
 //! too, so that `CloseIO` can end it.
+//!
+//! Attachers get a live copy of a container's output beside its log: each
+//! through a FIFO of its own, fed from a bounded queue, so that a slow or stalled
+//! attacher is cut off instead of holding up the container, the log or the others.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use bytes::Bytes;
 use rustix::fs::OFlags;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::cri_log::{CriLogFile, LineSplitter, LogStream, MAX_LOG_LINE};
 
@@ -49,6 +57,11 @@ impl AsyncStream {
                 Err(_would_block) => continue,
             }
         }
+    }
+
+    /// Reads what is there without waiting; `WouldBlock` when nothing is.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        rustix::io::read(self.fd.get_ref(), buf).map_err(io::Error::from)
     }
 
     pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
@@ -106,22 +119,30 @@ impl Output {
             sink => {
                 let (reader, writer) = io::pipe()?;
                 let source = AsyncStream::new(reader.into())?;
-                Ok((Some(writer.into()), Some(OutputCopy { source, sink })))
+                Ok((Some(writer.into()), Some(OutputCopy { source, sink, fanout: None })))
             }
         }
     }
 }
 
-/// A copy loop from a process's output to its destination; it ends when every
-/// writer of the source is gone.
+/// A copy loop from a process's output to its destination (and its attachers);
+/// it ends when every writer of the source is gone.
 pub struct OutputCopy {
     pub source: AsyncStream,
     pub sink: Output,
+    pub fanout: Option<(Arc<OutputFanout>, LogStream)>,
 }
 
 impl OutputCopy {
+    /// Also copies the output, as `stream`, to whoever attaches to `fanout` while it runs.
+    pub fn with_fanout(mut self, fanout: &Arc<OutputFanout>, stream: LogStream) -> OutputCopy {
+        fanout.open(stream);
+        self.fanout = Some((fanout.clone(), stream));
+        self
+    }
+
     pub async fn run(self) {
-        let OutputCopy { source, mut sink } = self;
+        let OutputCopy { source, mut sink, fanout } = self;
         let mut splitter = matches!(sink, Output::Log(..)).then(|| LineSplitter::new(MAX_LOG_LINE));
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -133,6 +154,9 @@ impl OutputCopy {
                     break;
                 }
             };
+            if let Some((fanout, stream)) = &fanout {
+                fanout.send(*stream, &buf[..read]);
+            }
             if let Err(error) = write_output(&mut sink, splitter.as_mut(), &buf[..read]).await {
                 // The reader went away or the disk is full: keep draining the source,
                 // so the process is not blocked by a destination it can't see.
@@ -145,6 +169,71 @@ impl OutputCopy {
                 let _ = log.write_entry(*stream, tag, message);
             });
         }
+        if let Some((fanout, stream)) = &fanout {
+            fanout.close(*stream);
+        }
+    }
+}
+
+/// Output chunks (up to 32 KiB each) queued for one attacher's FIFO; an attacher
+/// further behind than that is cut off.
+const ATTACHER_QUEUE: usize = 64;
+
+/// The attachers of one process's output streams.
+#[derive(Default)]
+pub struct OutputFanout {
+    state: Mutex<FanoutState>,
+}
+
+#[derive(Default)]
+struct FanoutState {
+    /// Streams whose copy loop runs; only those take attachers.
+    open: Vec<LogStream>,
+    attached: Vec<(LogStream, mpsc::Sender<Bytes>)>,
+}
+
+impl OutputFanout {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FanoutState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open(&self, stream: LogStream) {
+        self.lock().open.push(stream);
+    }
+
+    /// Gives `fifo` the output of `stream` from now on, until the stream ends,
+    /// the FIFO's reader goes away or falls too far behind. A stream that already
+    /// ended (or never had a copy loop) closes the FIFO at once.
+    pub fn attach(&self, stream: LogStream, fifo: AsyncStream) {
+        let mut state = self.lock();
+        if !state.open.contains(&stream) {
+            return;
+        }
+        let (sender, mut queue) = mpsc::channel::<Bytes>(ATTACHER_QUEUE);
+        state.attached.push((stream, sender));
+        tokio::spawn(async move {
+            while let Some(data) = queue.recv().await {
+                if fifo.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn send(&self, stream: LogStream, data: &[u8]) {
+        let mut state = self.lock();
+        if !state.attached.iter().any(|(attached, _)| *attached == stream) {
+            return;
+        }
+        let data = Bytes::copy_from_slice(data);
+        state.attached.retain(|(attached, sender)| *attached != stream || sender.try_send(data.clone()).is_ok());
+    }
+
+    /// The stream ended: its attachers get what is queued, then the end of their FIFO.
+    fn close(&self, stream: LogStream) {
+        let mut state = self.lock();
+        state.open.retain(|open| *open != stream);
+        state.attached.retain(|(attached, _)| *attached != stream);
     }
 }
 
@@ -209,10 +298,27 @@ pub struct InputCopy {
 }
 
 impl InputCopy {
-    pub async fn run(self) {
+    /// Copies until the source ends, or until `finish` fires: then what the
+    /// writers already put into the source still goes in before the copy ends.
+    async fn run(self, mut finish: oneshot::Receiver<()>) {
         let mut buf = vec![0u8; 8 * 1024];
+        let mut finishing = false;
         loop {
-            match self.source.read(&mut buf).await {
+            let read = if finishing {
+                match self.source.try_read(&mut buf) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                    read => read,
+                }
+            } else {
+                tokio::select! {
+                    read = self.source.read(&mut buf) => read,
+                    _ = &mut finish => {
+                        finishing = true;
+                        continue;
+                    }
+                }
+            };
+            match read {
                 Ok(0) => return,
                 Ok(read) => {
                     if self.sink.write_all(&buf[..read]).await.is_err() {
@@ -224,6 +330,39 @@ impl InputCopy {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// How long `CloseIO` lets pending input drain into a process that reads it slowly.
+const STDIN_DRAIN: Duration = Duration::from_secs(5);
+
+/// A running copy loop into a process's stdin; ending it closes the process's
+/// stdin (unless the sink is a terminal, which others hold too).
+pub struct StdinCopy {
+    task: JoinHandle<()>,
+    finish: oneshot::Sender<()>,
+}
+
+impl StdinCopy {
+    pub fn spawn(copy: InputCopy) -> StdinCopy {
+        let (finish, finishing) = oneshot::channel();
+        StdinCopy { task: tokio::spawn(copy.run(finishing)), finish }
+    }
+
+    /// Stops at once: the process is gone.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
+    /// Stops once what was written into the source before this call reached the
+    /// process (`CloseIO`), or after STDIN_DRAIN if the process does not read it.
+    pub async fn finish(self) {
+        let StdinCopy { task, finish } = self;
+        let _ = finish.send(());
+        let stopper = task.abort_handle();
+        if tokio::time::timeout(STDIN_DRAIN, task).await.is_err() {
+            stopper.abort();
         }
     }
 }

@@ -45,6 +45,14 @@ impl ChannelProtocol {
         Self::SUPPORTED.iter().find(|(name, _)| offers.contains(name)).map(|&(_, protocol)| protocol)
     }
 
+    /// Port-forward speaks the v4 protocols only (each channel's first message
+    /// names its port), or the binary one to a client that offers none.
+    pub fn negotiate_port_forward(offered: Option<&str>) -> Option<ChannelProtocol> {
+        let Some(offered) = offered else { return Some(ChannelProtocol::V1) };
+        let offers: Vec<&str> = offered.split(',').map(str::trim).collect();
+        [ChannelProtocol::V4, ChannelProtocol::V4Base64].into_iter().find(|protocol| offers.contains(&protocol.name()))
+    }
+
     pub fn name(self) -> &'static str {
         Self::SUPPORTED.iter().find(|(_, protocol)| *protocol == self).map_or("channel.k8s.io", |(name, _)| name)
     }
@@ -159,6 +167,10 @@ mod tests {
         assert_eq!(ChannelProtocol::negotiate(Some("v4.channel.k8s.io")).map(ChannelProtocol::name), Some("v4.channel.k8s.io"));
         assert_eq!(ChannelProtocol::negotiate(Some("SPDY/3.1+portforward.k8s.io")), None);
         assert_eq!(ChannelProtocol::negotiate(None), Some(ChannelProtocol::V1));
+        assert_eq!(ChannelProtocol::negotiate_port_forward(Some("v5.channel.k8s.io, v4.channel.k8s.io")), Some(ChannelProtocol::V4));
+        assert_eq!(ChannelProtocol::negotiate_port_forward(Some("v4.base64.channel.k8s.io")), Some(ChannelProtocol::V4Base64));
+        assert_eq!(ChannelProtocol::negotiate_port_forward(Some("v5.channel.k8s.io")), None);
+        assert_eq!(ChannelProtocol::negotiate_port_forward(None), Some(ChannelProtocol::V1));
     }
 
     #[test]

@@ -169,33 +169,56 @@ async fn serve_connection(mut stream: TcpStream, tokens: &TokenCache<PendingStre
     if !head.upgrades_to("websocket") {
         return Ok(respond(&mut stream, "400 Bad Request", "this endpoint serves SPDY/3.1 and WebSocket upgrades only\n").await?);
     }
-    let request = match pending {
-        PendingStream::Exec(request) | PendingStream::Attach(request) => request,
-        PendingStream::PortForward { .. } => {
-            let body = "port-forward over WebSocket is not served yet: use --transport spdy\n";
-            return Ok(respond(&mut stream, "400 Bad Request", body).await?);
-        }
-    };
-    let offered = head.header("sec-websocket-protocol");
-    let (Some(protocol), Some(key)) = (ChannelProtocol::negotiate(offered), head.header("sec-websocket-key")) else {
-        let body = format!("no supported WebSocket subprotocol among {:?}, or no Sec-WebSocket-Key\n", offered.unwrap_or(""));
-        return Ok(respond(&mut stream, "400 Bad Request", &body).await?);
-    };
-    if head.method != "GET" || head.header("sec-websocket-version") != Some("13") {
-        return Ok(respond(&mut stream, "400 Bad Request", "a WebSocket upgrade is a GET with Sec-WebSocket-Version 13\n").await?);
+    if head.method != "GET" || head.header("sec-websocket-version") != Some("13") || head.header("sec-websocket-key").is_none() {
+        return Ok(respond(&mut stream, "400 Bad Request", "a WebSocket upgrade is a GET with Sec-WebSocket-Version 13 and a Sec-WebSocket-Key\n").await?);
     }
+    let offered = head.header("sec-websocket-protocol");
+    match pending {
+        PendingStream::Exec(request) | PendingStream::Attach(request) => {
+            let Some(protocol) = ChannelProtocol::negotiate(offered) else {
+                return Ok(respond(&mut stream, "400 Bad Request", &no_subprotocol(offered)).await?);
+            };
+            let socket = accept_websocket(stream, &head, leftover, offered.map(|_| protocol.name())).await?;
+            websocket::serve_exec(socket, protocol, pods, request).await;
+        }
+        PendingStream::PortForward { pod_id } => {
+            if head.header_values("sec-websocket-protocol").any(|offer| offer == websocket::PORT_FORWARD_TUNNEL_PROTOCOL) {
+                let socket = accept_websocket(stream, &head, leftover, Some(websocket::PORT_FORWARD_TUNNEL_PROTOCOL)).await?;
+                over_spdy::serve_port_forward(websocket::tunnel(socket), pods, pod_id).await;
+                return Ok(());
+            }
+            let Some(protocol) = ChannelProtocol::negotiate_port_forward(offered) else {
+                return Ok(respond(&mut stream, "400 Bad Request", &no_subprotocol(offered)).await?);
+            };
+            let ports = match websocket::requested_ports(&head.query) {
+                Ok(ports) => ports,
+                Err(message) => return Ok(respond(&mut stream, "400 Bad Request", &format!("{message}\n")).await?),
+            };
+            let socket = accept_websocket(stream, &head, leftover, offered.map(|_| protocol.name())).await?;
+            websocket::serve_port_forward(socket, protocol, pods, pod_id, ports).await;
+        }
+    }
+    Ok(())
+}
+
+fn no_subprotocol(offered: Option<&str>) -> String {
+    format!("no supported WebSocket subprotocol among {:?}\n", offered.unwrap_or(""))
+}
+
+/// Answers a checked WebSocket upgrade with 101, naming `protocol` when the
+/// client offered subprotocols.
+async fn accept_websocket(mut stream: TcpStream, head: &RequestHead, leftover: Vec<u8>, protocol: Option<&str>) -> std::io::Result<WebSocketStream<TcpStream>> {
+    let key = head.header("sec-websocket-key").unwrap_or_default();
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         derive_accept_key(key.as_bytes())
     );
-    if offered.is_some() {
-        response.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", protocol.name()));
+    if let Some(protocol) = protocol {
+        response.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
     }
     response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
-    let socket = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
-    websocket::serve_exec(socket, protocol, pods, request).await;
-    Ok(())
+    Ok(WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await)
 }
 
 async fn upgrade_to_spdy(mut stream: TcpStream, head: &RequestHead, leftover: &[u8], pending: PendingStream, pods: PodService) -> Result<(), HeadError> {

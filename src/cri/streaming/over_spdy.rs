@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -148,7 +148,11 @@ async fn read_resizes(resize: Arc<SpdyStream>, events: mpsc::Sender<ClientEvent>
 
 /// Port-forward: the client opens an error and a data stream per connection,
 /// paired by `requestid`, naming the pod's port in `port`.
-pub async fn serve_port_forward(connection: TcpStream, pods: PodService, pod_id: String) {
+/// `connection`: the upgraded TCP connection, or a WebSocket tunnel carrying SPDY.
+pub async fn serve_port_forward<T>(connection: T, pods: PodService, pod_id: String)
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let (mut session, driver) = SpdySession::server(connection);
     let driver = tokio::spawn(driver);
     let mut waiting: HashMap<String, (Option<SpdyStream>, Option<SpdyStream>)> = HashMap::new();
@@ -179,10 +183,15 @@ pub async fn serve_port_forward(connection: TcpStream, pods: PodService, pod_id:
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, driver).await;
 }
 
+/// Connects to a port inside the pod; the error is the message for the client.
+pub async fn dial_pod_port(pods: &PodService, pod_id: &str, port: u16) -> Result<TcpStream, String> {
+    pods.port_forward(pod_id, port).await.map_err(|failure| format!("error forwarding port {port} to pod {pod_id}: {failure}"))
+}
+
 async fn forward(pods: PodService, pod_id: String, error: SpdyStream, data: SpdyStream) {
     let port = data.header("port").and_then(|port| port.parse::<u16>().ok()).filter(|&port| port > 0);
     let connection = match port {
-        Some(port) => pods.port_forward(&pod_id, port).await.map_err(|failure| format!("error forwarding port {port} to pod {pod_id}: {failure}")),
+        Some(port) => dial_pod_port(&pods, &pod_id, port).await,
         None => Err(format!("port {:?}: not a port number", data.header("port").unwrap_or_default())),
     };
     let connection = match connection {

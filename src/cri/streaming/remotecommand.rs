@@ -78,11 +78,10 @@ pub async fn run_exec(pods: PodService, request: ExecRequest, events: mpsc::Rece
     let exited = tokio::select! {
         exited = &mut exit => exited,
         _ = &mut client => {
-            // Kubernetes leaves the process running when its client goes away; its
-            // stdin is closed by now, and a terminal is hung up, whose shell would
-            // otherwise wait for input forever.
-            if request.tty {
-                let _ = session.control.signal(libc::SIGHUP as u32).await;
+            // Nobody can see the process's output or end its input any more: it is
+            // killed, as containerd does, and the exit waiter lets the shim forget it.
+            if let Err(error) = session.control.signal(libc::SIGKILL as u32).await {
+                tracing::debug!(%error, "killing an exec whose client went away");
             }
             stoppers.iter().for_each(|pump| pump.abort());
             return ExecEnd::ClientGone;
@@ -137,7 +136,7 @@ async fn feed_process(mut events: mpsc::Receiver<ClientEvent>, mut stdin: Option
             }
             ClientEvent::CloseStdin => {
                 if let Some(pipe) = stdin.take()
-                    && let Err(error) = control.close_stdin(Some(&pipe)).await
+                    && let Err(error) = close_stdin(&control, pipe).await
                 {
                     tracing::debug!(%error, "closing an exec's stdin");
                 }
@@ -145,31 +144,33 @@ async fn feed_process(mut events: mpsc::Receiver<ClientEvent>, mut stdin: Option
         }
     }
     if let Some(pipe) = stdin.take() {
-        let _ = control.close_stdin(Some(&pipe)).await;
+        let _ = close_stdin(&control, pipe).await;
     }
 }
 
-/// Attach: input goes to the container's stdin FIFO, output comes from following
-/// the container's CRI log (the shim writes output there only), from now on.
+/// Closes this end of the stdin FIFO, whose bytes stay in it for the shim, then
+/// has the shim pass them on and end the process's stdin.
+async fn close_stdin(control: &ExecControl, pipe: pipe::Sender) -> Result<(), crate::shim::ShimError> {
+    drop(pipe);
+    control.close_stdin().await
+}
+
+/// Attach: input goes to the container's stdin FIFO, output is the shim's live
+/// copy of the container's, from now on.
 async fn run_attach(pods: PodService, request: ExecRequest, mut events: mpsc::Receiver<ClientEvent>, output: mpsc::Sender<(u8, Bytes)>) -> ExecEnd {
-    let (container, mut attachment) = match pods.attach(&request.container_id, request.stdin).await {
+    let streams = ExecStreams { stdin: request.stdin, stdout: request.stdout, stderr: request.stderr };
+    let (container, mut attachment) = match pods.attach(&request.container_id, streams).await {
         Ok(attached) => attached,
         Err(error) => return ExecEnd::Failed(error.to_string()),
     };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    // The log is opened at its end before any input goes in, so that the output
-    // the input causes is never missed.
-    let log = match (&container.log_path, request.stdout || request.stderr) {
-        (Some(path), true) => match open_at_end(path).await {
-            Ok(log) => Some(log),
-            Err(error) => return ExecEnd::Failed(format!("following the log {}: {error}", path.display())),
-        },
-        _ => None,
-    };
-    let follower = log.map(|log| {
-        let filter = LogFilter { tty: request.tty, stdout: request.stdout, stderr: request.stderr };
-        tokio::spawn(follow_log(log, filter, output, stopped))
-    });
+    let mut pumps = Vec::new();
+    for (channel, pipe) in [(channel::STDOUT, attachment.stdout.take()), (channel::STDERR, attachment.stderr.take())] {
+        if let Some(pipe) = pipe {
+            pumps.push(tokio::spawn(pump_output(pipe, channel, output.clone())));
+        }
+    }
+    drop(output);
+    let stoppers: Vec<_> = pumps.iter().map(|pump| pump.abort_handle()).collect();
     let stdin_once = container.spec.stdin_once;
     let mut exit = std::mem::replace(&mut attachment.exit, tokio::sync::oneshot::channel().1);
     loop {
@@ -198,104 +199,17 @@ async fn run_attach(pods: PodService, request: ExecRequest, mut events: mpsc::Re
                     if stdin_once && attachment.stdin.is_some() {
                         let _ = attachment.close_stdin().await;
                     }
-                    if let Some(follower) = follower {
-                        follower.abort();
-                    }
+                    stoppers.iter().for_each(|pump| pump.abort());
                     return ExecEnd::ClientGone;
                 }
             },
         }
     }
-    let _ = stop.send(true);
-    if let Some(follower) = follower {
-        let _ = tokio::time::timeout(OUTPUT_DRAIN, follower).await;
+    // The shim reports the exit once the output is copied out, which ends the pipes.
+    let drained = futures::future::join_all(pumps);
+    if tokio::time::timeout(OUTPUT_DRAIN, drained).await.is_err() {
+        stoppers.iter().for_each(|pump| pump.abort());
     }
     // Kubernetes reports an attach that ended with its container as a success.
     ExecEnd::Exited(0)
-}
-
-/// Which log entries an attacher gets, on which channel.
-struct LogFilter {
-    tty: bool,
-    stdout: bool,
-    stderr: bool,
-}
-
-/// How often a followed log is checked for new entries.
-const LOG_POLL: Duration = Duration::from_millis(100);
-
-/// Sends the log's new entries until `stopped` turns true and the file is read to its end.
-async fn open_at_end(path: &std::path::Path) -> std::io::Result<tokio::fs::File> {
-    use tokio::io::AsyncSeekExt;
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::End(0)).await?;
-    Ok(file)
-}
-
-async fn follow_log(mut file: tokio::fs::File, filter: LogFilter, output: mpsc::Sender<(u8, Bytes)>, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let mut pending = Vec::new();
-    let mut buffer = vec![0u8; READ_CHUNK];
-    loop {
-        let count = match file.read(&mut buffer).await {
-            Ok(count) => count,
-            Err(_) => return,
-        };
-        if count == 0 {
-            if *stopped.borrow() {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(LOG_POLL) => {}
-                _ = stopped.changed() => {}
-            }
-            continue;
-        }
-        pending.extend_from_slice(&buffer[..count]);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            if let Some((channel, data)) = log_entry(&line[..end], &filter)
-                && output.send((channel, data)).await.is_err()
-            {
-                return;
-            }
-        }
-    }
-}
-
-/// One CRI log line (`<time> <stdout|stderr> <F|P> <message>`) as the bytes the
-/// process wrote, if the filter wants its stream.
-fn log_entry(line: &[u8], filter: &LogFilter) -> Option<(u8, Bytes)> {
-    let mut fields = line.splitn(4, |&b| b == b' ');
-    let (_time, stream, tag) = (fields.next()?, fields.next()?, fields.next()?);
-    let message = fields.next().unwrap_or_default();
-    let channel = match stream {
-        b"stdout" if filter.stdout => channel::STDOUT,
-        b"stderr" if filter.tty && filter.stdout => channel::STDOUT,
-        b"stderr" if filter.stderr => channel::STDERR,
-        _ => return None,
-    };
-    let mut data = message.to_vec();
-    if tag == b"F" {
-        data.push(b'\n');
-    }
-    Some((channel, Bytes::from(data)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_entries_become_the_bytes_written() {
-        let both = LogFilter { tty: false, stdout: true, stderr: true };
-        let entry = |line: &str, filter: &LogFilter| log_entry(line.as_bytes(), filter);
-        assert_eq!(entry("2026-01-01T00:00:00.1Z stdout F hello world", &both), Some((channel::STDOUT, Bytes::from_static(b"hello world\n"))));
-        assert_eq!(entry("2026-01-01T00:00:00.1Z stderr P part", &both), Some((channel::STDERR, Bytes::from_static(b"part"))));
-        assert_eq!(entry("2026-01-01T00:00:00.1Z stdout F ", &both), Some((channel::STDOUT, Bytes::from_static(b"\n"))));
-        let only_stdout = LogFilter { tty: false, stdout: true, stderr: false };
-        assert_eq!(entry("t stderr F x", &only_stdout), None);
-        let tty = LogFilter { tty: true, stdout: true, stderr: false };
-        assert_eq!(entry("t stderr F x", &tty), Some((channel::STDOUT, Bytes::from_static(b"x\n"))));
-        assert_eq!(entry("garbage", &both), None);
-    }
 }

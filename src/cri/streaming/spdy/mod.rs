@@ -9,6 +9,8 @@
 //! each, and exchange data with `read`/`write`/`close`.
 
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 pub mod headers;
 pub mod session;
 
