@@ -1,0 +1,172 @@
+# shellcheck shell=bash
+# Stand-ins for the images critest (cri-tools v1.36.0, pkg/validate) pulls, built from
+# Debian's busybox-static with umoci into lib.sh's TEST_LAYOUT and pushed to lib.sh's
+# registry under the upstream repository names; the daemon reaches them through its
+# mirrors for registry.k8s.io, k8s.gcr.io and gcr.io.
+#
+#   registry.k8s.io/e2e-test-images/busybox:1.29-2   busybox, applets as hard links (the
+#       MaskedPaths test masks /bin/ls: a symlink would mask busybox itself), the
+#       upstream passwd/group (nobody, www-data…)
+#   registry.k8s.io/e2e-test-images/nginx:1.14-2     nginx-standin.c: pidof nginx, "master
+#       process" in its cmdline, /var/run/nginx.pid; busybox httpd serves port 80
+#   gcr.io/k8s-staging-cri-tools/hostnet-nginx-ARCH  the same on port 12003
+#   registry.k8s.io/e2e-test-images/httpd:2.4.39-4   logs a line naming httpd, serves port 80
+#   registry.k8s.io/e2e-test-images/nonewprivs:1.3   nonewprivs-standin.c, setuid root:
+#       prints "Effective uid: N"
+#   gcr.io/k8s-staging-cri-tools/test-image-user-{uid,username,uid-group,username-group}
+#       USER 1002, www-data, 1003:1004, www-data:1004
+#   gcr.io/k8s-staging-cri-tools/test-image-predefined-group   default-user (1000) also in
+#       group-defined-in-image (50000); USER 1000
+#   gcr.io/k8s-staging-cri-tools/test-image-{latest,1,2,3}:latest   each its own image (a
+#       marker file); test-image-tag:{test,all} one image, test-image-tags:{1,2,3} another
+#   registry.k8s.io/pause:3.9 (also k8s.gcr.io/pause:3.9) and :3.10   lib.sh's pause
+#
+# Not reproducible: gcr.io/k8s-staging-cri-tools/test-image-digest@sha256:9700f9a2…, a
+# digest only the upstream build has; see expected-failures.txt.
+
+CRITEST_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CRITEST_E2E=e2e-test-images
+CRITEST_STAGING=k8s-staging-cri-tools
+
+# critest_layer FROM TO FUNCTION: image TO is FROM plus one layer holding what FUNCTION
+# (called with the unpacked rootfs) changes.
+critest_layer() {
+    local from=$1 to=$2 change=$3 bundle="$WORKDIR/bundle-$2"
+    umoci tag --image "$TEST_LAYOUT:$from" "$to" || die "umoci tag $to"
+    umoci unpack --image "$TEST_LAYOUT:$to" "$bundle" >/dev/null || die "umoci unpack $to"
+    "$change" "$bundle/rootfs" || die "building the layer of $to"
+    umoci repack --image "$TEST_LAYOUT:$to" "$bundle" || die "umoci repack $to"
+    rm -rf "$bundle"
+}
+
+# critest_config IMAGE NEW_TAG UMOCI_CONFIG_ARGS...: NEW_TAG is IMAGE with changed config.
+critest_config() {
+    local image=$1 tag=$2
+    shift 2
+    umoci config --image "$TEST_LAYOUT:$image" --tag "$tag" "$@" || die "umoci config $tag"
+}
+
+critest_busybox_rootfs() {
+    local rootfs=$1 link
+    populate_busybox_rootfs "$rootfs"
+    while read -r link; do
+        ln -f "$rootfs/bin/busybox" "$link"
+    done < <(find "$rootfs" -type l -lname /bin/busybox)
+    mkdir -p "$rootfs/var/run" "$rootfs/home"
+    cat >"$rootfs/etc/passwd" <<'END'
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/bin/false
+bin:x:2:2:bin:/bin:/bin/false
+sys:x:3:3:sys:/dev:/bin/false
+sync:x:4:100:sync:/bin:/bin/sync
+mail:x:8:8:mail:/var/spool/mail:/bin/false
+www-data:x:33:33:www-data:/var/www:/bin/false
+operator:x:37:37:Operator:/var:/bin/false
+nobody:x:65534:65534:nobody:/home:/bin/false
+END
+    cat >"$rootfs/etc/group" <<'END'
+root:x:0:
+daemon:x:1:
+bin:x:2:
+sys:x:3:
+adm:x:4:
+tty:x:5:
+disk:x:6:
+wheel:x:10:root
+mail:x:12:
+www-data:x:33:
+users:x:100:
+nogroup:x:65534:
+END
+}
+
+# Built with the host's C compiler, statically: the images carry no libc.
+critest_compile() {
+    gcc -static -Os -o "$2" "$CRITEST_HERE/$1" || die "gcc $1"
+}
+
+critest_nginx_rootfs() {
+    critest_compile nginx-standin.c "$1/usr/sbin/nginx"
+    mkdir -p "$1/usr/share/nginx/html"
+    echo "<html><body>nginx stand-in for critest</body></html>" >"$1/usr/share/nginx/html/index.html"
+}
+
+critest_httpd_rootfs() {
+    mkdir -p "$1/usr/local/apache2/htdocs"
+    echo "<html><body>httpd stand-in for critest</body></html>" >"$1/usr/local/apache2/htdocs/index.html"
+}
+
+critest_nonewprivs_rootfs() {
+    mkdir -p "$1/usr/local/bin"
+    critest_compile nonewprivs-standin.c "$1/usr/local/bin/nnp"
+    chown 0:0 "$1/usr/local/bin/nnp"
+    chmod 4755 "$1/usr/local/bin/nnp"
+}
+
+critest_predefined_group_rootfs() {
+    echo "default-user:x:1000:1000::/home/default-user:/bin/sh" >>"$1/etc/passwd"
+    printf '%s\n' "default-user:x:1000:" "group-defined-in-image:x:50000:default-user" >>"$1/etc/group"
+    mkdir -p "$1/home/default-user"
+    chown 1000:1000 "$1/home/default-user"
+}
+
+# build_critest_images: every stand-in above in TEST_LAYOUT, after lib.sh's images.
+build_critest_images() {
+    local name
+    build_test_images
+    critest_layer busybox critest-busybox critest_busybox_rootfs
+    critest_config critest-busybox critest-busybox --config.cmd sh
+
+    critest_layer critest-busybox critest-nginx critest_nginx_rootfs
+    critest_config critest-nginx critest-nginx --config.entrypoint /usr/sbin/nginx --config.cmd 80 \
+        --config.exposedports 80/tcp
+    critest_config critest-nginx critest-hostnet-nginx --config.cmd 12003 --config.exposedports 12003/tcp
+
+    critest_layer critest-busybox critest-httpd critest_httpd_rootfs
+    critest_config critest-httpd critest-httpd --config.entrypoint /bin/sh --config.entrypoint -c \
+        --config.entrypoint 'echo "httpd stand-in: serving /usr/local/apache2/htdocs on port 80"; exec httpd -f -p 80 -h /usr/local/apache2/htdocs' \
+        --clear config.cmd --config.exposedports 80/tcp
+
+    critest_layer critest-busybox critest-nonewprivs critest_nonewprivs_rootfs
+    critest_config critest-nonewprivs critest-nonewprivs --config.entrypoint /usr/local/bin/nnp --clear config.cmd
+
+    critest_config critest-busybox critest-user-uid --config.user 1002
+    critest_config critest-busybox critest-user-username --config.user www-data
+    critest_config critest-busybox critest-user-uid-group --config.user 1003:1004
+    critest_config critest-busybox critest-user-username-group --config.user www-data:1004
+
+    critest_layer critest-busybox critest-predefined-group critest_predefined_group_rootfs
+    critest_config critest-predefined-group critest-predefined-group --config.user 1000
+
+    for name in test-image-latest test-image-1 test-image-2 test-image-3 test-image-tag test-image-tags; do
+        # shellcheck disable=SC2317  # called through critest_layer
+        critest_marker() { touch "$1/$name"; }
+        critest_layer critest-busybox "critest-$name" critest_marker
+    done
+}
+
+# push_critest_images: the stand-ins under the repository names critest pulls.
+push_critest_images() {
+    local arch name tag
+    arch=$(dpkg --print-architecture)
+    push_test_images
+    push "$TEST_LAYOUT:pause" pause:3.9
+    push "$TEST_LAYOUT:critest-busybox" "$CRITEST_E2E/busybox:1.29-2"
+    push "$TEST_LAYOUT:critest-nginx" "$CRITEST_E2E/nginx:1.14-2"
+    push "$TEST_LAYOUT:critest-httpd" "$CRITEST_E2E/httpd:2.4.39-4"
+    push "$TEST_LAYOUT:critest-nonewprivs" "$CRITEST_E2E/nonewprivs:1.3"
+    push "$TEST_LAYOUT:critest-hostnet-nginx" "$CRITEST_STAGING/hostnet-nginx-$arch:latest"
+    for name in uid username uid-group username-group; do
+        push "$TEST_LAYOUT:critest-user-$name" "$CRITEST_STAGING/test-image-user-$name:latest"
+    done
+    push "$TEST_LAYOUT:critest-predefined-group" "$CRITEST_STAGING/test-image-predefined-group:latest"
+    for name in test-image-latest test-image-1 test-image-2 test-image-3; do
+        push "$TEST_LAYOUT:critest-$name" "$CRITEST_STAGING/$name:latest"
+    done
+    for tag in test all; do
+        push "$TEST_LAYOUT:critest-test-image-tag" "$CRITEST_STAGING/test-image-tag:$tag"
+    done
+    for tag in 1 2 3; do
+        push "$TEST_LAYOUT:critest-test-image-tags" "$CRITEST_STAGING/test-image-tags:$tag"
+    done
+}
