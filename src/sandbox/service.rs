@@ -963,9 +963,19 @@ fn pod_network<'a>(id: &'a str, config: &'a PodConfig, netns: &'a Path) -> PodNe
     }
 }
 
-/// The pod's hostname: as configured, else the pod's name, as kubelet would set it.
+/// The pod's hostname: as configured, else the node's, as containerd and CRI-O give it
+/// (a pod's name may be longer than the 64 bytes a hostname may have).
 fn pod_hostname(config: &PodConfig) -> String {
-    if config.hostname.is_empty() { config.name.clone() } else { config.hostname.clone() }
+    if !config.hostname.is_empty() {
+        return config.hostname.clone();
+    }
+    match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(node_hostname) => node_hostname.trim_end().to_string(),
+        Err(error) => {
+            tracing::warn!(%error, "reading the node's hostname; the pod gets \"localhost\"");
+            "localhost".to_string()
+        }
+    }
 }
 
 fn validate_pod(config: &PodConfig) -> Result<(), SandboxError> {
