@@ -6,7 +6,7 @@
 #
 #   registry.k8s.io/e2e-test-images/busybox:1.29-2   busybox, applets as hard links (the
 #       MaskedPaths test masks /bin/ls: a symlink would mask busybox itself), the
-#       upstream passwd/group (nobody, www-data…)
+#       upstream passwd/group (nobody, www-data…), pgrep and ipcs as small scripts
 #   registry.k8s.io/e2e-test-images/nginx:1.14-2     nginx-standin.c: pidof nginx, "master
 #       process" in its cmdline, /var/run/nginx.pid; busybox httpd serves port 80
 #   gcr.io/k8s-staging-cri-tools/hostnet-nginx-ARCH  the same on port 12003
@@ -19,7 +19,8 @@
 #       group-defined-in-image (50000); USER 1000
 #   gcr.io/k8s-staging-cri-tools/test-image-{latest,1,2,3}:latest   each its own image (a
 #       marker file); test-image-tag:{test,all} one image, test-image-tags:{1,2,3} another
-#   registry.k8s.io/pause:3.9 (also k8s.gcr.io/pause:3.9) and :3.10   lib.sh's pause
+#   registry.k8s.io/pause:3.10   lib.sh's pause; registry.k8s.io/pause:3.9 (also as
+#       k8s.gcr.io/pause:3.9) the same with another config, so another image
 #
 # Not reproducible: gcr.io/k8s-staging-cri-tools/test-image-digest@sha256:9700f9a2…, a
 # digest only the upstream build has; see expected-failures.txt.
@@ -53,6 +54,26 @@ critest_busybox_rootfs() {
         ln -f "$rootfs/bin/busybox" "$link"
     done < <(find "$rootfs" -type l -lname /bin/busybox)
     mkdir -p "$rootfs/var/run" "$rootfs/home"
+    # Debian's busybox-static leaves out pgrep and ipcs, which critest runs in the image.
+    cat >"$rootfs/usr/bin/pgrep" <<'END'
+#!/bin/sh
+# pgrep PATTERN: the pids of the processes whose name matches PATTERN (extended regex).
+found=1
+for dir in /proc/[0-9]*; do
+    read -r name <"$dir/comm" 2>/dev/null || continue
+    if echo "$name" | grep -Eq -- "$1"; then
+        echo "${dir#/proc/}"
+        found=0
+    fi
+done
+exit $found
+END
+    cat >"$rootfs/usr/bin/ipcs" <<'END'
+#!/bin/sh
+# ipcs [-m]: the shared memory segments of this IPC namespace, as the kernel lists them.
+cat /proc/sysvipc/shm
+END
+    chmod 0755 "$rootfs/usr/bin/pgrep" "$rootfs/usr/bin/ipcs"
     cat >"$rootfs/etc/passwd" <<'END'
 root:x:0:0:root:/root:/bin/sh
 daemon:x:1:1:daemon:/usr/sbin:/bin/false
@@ -150,7 +171,10 @@ push_critest_images() {
     local arch name tag
     arch=$(dpkg --print-architecture)
     push_test_images
-    push "$TEST_LAYOUT:pause" pause:3.9
+    # Another version is another image: were 3.9 and lib.sh's 3.10 one image, the test
+    # that removes pause:3.9 by one of its two names would find a third.
+    critest_config pause critest-pause-3.9 --config.label io.berth.critest.pause-version=3.9
+    push "$TEST_LAYOUT:critest-pause-3.9" pause:3.9
     push "$TEST_LAYOUT:critest-busybox" "$CRITEST_E2E/busybox:1.29-2"
     push "$TEST_LAYOUT:critest-nginx" "$CRITEST_E2E/nginx:1.14-2"
     push "$TEST_LAYOUT:critest-httpd" "$CRITEST_E2E/httpd:2.4.39-4"

@@ -41,7 +41,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (worker == 0) {
-        execl("/bin/httpd", "httpd", "-f", "-p", port, "-h", "/usr/share/nginx/html", (char *)NULL);
+        execl("/usr/sbin/httpd", "httpd", "-f", "-p", port, "-h", "/usr/share/nginx/html", (char *)NULL);
         perror("nginx: exec httpd");
         _exit(127);
     }

@@ -303,8 +303,9 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     async fn stop_container(&self, request: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
         let request = request.into_inner();
         let timeout = Duration::from_secs(request.timeout.max(0) as u64);
+        // Stopping is idempotent in CRI: a container already gone is as stopped as it gets.
         if self.pods.container(&request.container_id)?.is_none() {
-            return Err(Status::not_found(format!("container {} not found", request.container_id)));
+            return Ok(Response::new(cri::StopContainerResponse {}));
         }
         self.pods.stop_container(&request.container_id, timeout).await?;
         Ok(Response::new(cri::StopContainerResponse {}))
