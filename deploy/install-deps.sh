@@ -11,6 +11,8 @@ source "$repo/deploy/env.sh"
 crictl_version=v1.36.0
 crictl_bin=/usr/local/bin/crictl
 critest_bin=/usr/local/bin/critest
+# crictl-tests/critest/images.sh reads it from here.
+critest_busybox=/var/cache/berth-tests/busybox-dynamic/busybox
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 say() { echo "install-deps: $*"; }
@@ -90,4 +92,18 @@ else
     install -m 0755 "$critest_dir/critest" "$critest_bin"
     rm -rf "$critest_dir"
     say "installed critest $("$critest_bin" --version | sed -n 's/^critest version: //p')"
+fi
+
+# critest's busybox stand-in needs a shell that runs commands from PATH; Debian's
+# busybox-static runs its own applets first. The dynamic build conflicts with
+# busybox-static as a package, so it is unpacked beside it, not installed.
+if [[ -x $critest_busybox ]]; then
+    say "dynamic busybox for critest's images already unpacked"
+else
+    say "fetching Debian's dynamic busybox for critest's images"
+    busybox_dir=$(mktemp -d /tmp/berth-busybox.XXXXXX)
+    (cd "$busybox_dir" && apt-get download -qq busybox 2>/dev/null) || die "apt-get download busybox failed"
+    dpkg-deb -x "$busybox_dir"/busybox_*.deb "$busybox_dir/unpacked"
+    install -D -m 0755 "$busybox_dir/unpacked/bin/busybox" "$critest_busybox"
+    rm -rf "$busybox_dir"
 fi

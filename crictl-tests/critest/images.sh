@@ -1,12 +1,14 @@
 # shellcheck shell=bash
 # Stand-ins for the images critest (cri-tools v1.36.0, pkg/validate) pulls, built from
-# Debian's busybox-static with umoci into lib.sh's TEST_LAYOUT and pushed to lib.sh's
+# Debian's busybox with umoci into lib.sh's TEST_LAYOUT and pushed to lib.sh's
 # registry under the upstream repository names; the daemon reaches them through its
 # mirrors for registry.k8s.io, k8s.gcr.io and gcr.io.
 #
-#   registry.k8s.io/e2e-test-images/busybox:1.29-2   busybox, applets as hard links (the
-#       MaskedPaths test masks /bin/ls: a symlink would mask busybox itself), the
-#       upstream passwd/group (nobody, www-data…), pgrep and ipcs as small scripts
+#   registry.k8s.io/e2e-test-images/busybox:1.29-2   Debian's dynamic busybox (its shell
+#       runs /bin/ls, not an applet of its own, as the MaskedPaths test expects; the static
+#       build does the opposite) and its libraries, applets as hard links (a masked
+#       symlink would mask busybox itself), the upstream passwd/group (nobody,
+#       www-data…), pgrep and ipcs as small scripts
 #   registry.k8s.io/e2e-test-images/nginx:1.14-2     nginx-standin.c: pidof nginx, "master
 #       process" in its cmdline, /var/run/nginx.pid; busybox httpd serves port 80
 #   gcr.io/k8s-staging-cri-tools/hostnet-nginx-ARCH  the same on port 12003
@@ -26,14 +28,20 @@
 # digest only the upstream build has; see expected-failures.txt.
 
 CRITEST_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Debian's dynamic busybox, as deploy/install-deps.sh unpacks it.
+CRITEST_BUSYBOX=${CRITEST_BUSYBOX:-/var/cache/berth-tests/busybox-dynamic/busybox}
 CRITEST_E2E=e2e-test-images
 CRITEST_STAGING=k8s-staging-cri-tools
 
-# critest_layer FROM TO FUNCTION: image TO is FROM plus one layer holding what FUNCTION
-# (called with the unpacked rootfs) changes.
+# critest_layer FROM TO FUNCTION: image TO is FROM (an empty image when FROM is "")
+# plus one layer holding what FUNCTION (called with the unpacked rootfs) changes.
 critest_layer() {
     local from=$1 to=$2 change=$3 bundle="$WORKDIR/bundle-$2"
-    umoci tag --image "$TEST_LAYOUT:$from" "$to" || die "umoci tag $to"
+    if [[ -z $from ]]; then
+        umoci new --image "$TEST_LAYOUT:$to" || die "umoci new $to"
+    else
+        umoci tag --image "$TEST_LAYOUT:$from" "$to" || die "umoci tag $to"
+    fi
     umoci unpack --image "$TEST_LAYOUT:$to" "$bundle" >/dev/null || die "umoci unpack $to"
     "$change" "$bundle/rootfs" || die "building the layer of $to"
     umoci repack --image "$TEST_LAYOUT:$to" "$bundle" || die "umoci repack $to"
@@ -48,13 +56,21 @@ critest_config() {
 }
 
 critest_busybox_rootfs() {
-    local rootfs=$1 link
-    populate_busybox_rootfs "$rootfs"
-    while read -r link; do
-        ln -f "$rootfs/bin/busybox" "$link"
-    done < <(find "$rootfs" -type l -lname /bin/busybox)
-    mkdir -p "$rootfs/var/run" "$rootfs/home"
-    # Debian's busybox-static leaves out pgrep and ipcs, which critest runs in the image.
+    local rootfs=$1 applet library
+    [[ -x $CRITEST_BUSYBOX ]] || die "no dynamic busybox at $CRITEST_BUSYBOX (deploy/install-deps.sh unpacks it)"
+    mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,etc,root,tmp,proc,sys,dev,var/tmp,var/run,home}
+    chmod 1777 "$rootfs/tmp" "$rootfs/var/tmp"
+    chmod 0700 "$rootfs/root"
+    install -m 0755 "$CRITEST_BUSYBOX" "$rootfs/bin/busybox"
+    # The host's loader and the libraries busybox links, where the loader looks.
+    while read -r library; do
+        install -D -m 0755 "$library" "$rootfs$library"
+    done < <(ldd "$CRITEST_BUSYBOX" | grep -o '/[^ ]*')
+    while read -r applet; do
+        [[ $applet == bin/busybox || -e $rootfs/$applet ]] && continue
+        ln "$rootfs/bin/busybox" "$rootfs/$applet"
+    done < <("$CRITEST_BUSYBOX" --list-full)
+    # Debian's busybox leaves out pgrep and ipcs, which critest runs in the image.
     cat >"$rootfs/usr/bin/pgrep" <<'END'
 #!/bin/sh
 # pgrep PATTERN: the pids of the processes whose name matches PATTERN (extended regex).
@@ -135,8 +151,9 @@ critest_predefined_group_rootfs() {
 build_critest_images() {
     local name
     build_test_images
-    critest_layer busybox critest-busybox critest_busybox_rootfs
-    critest_config critest-busybox critest-busybox --config.cmd sh
+    critest_layer "" critest-busybox critest_busybox_rootfs
+    critest_config critest-busybox critest-busybox --config.cmd sh \
+        --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
     critest_layer critest-busybox critest-nginx critest_nginx_rootfs
     critest_config critest-nginx critest-nginx --config.entrypoint /usr/sbin/nginx --config.cmd 80 \

@@ -537,8 +537,15 @@ impl PodService {
         let defaults = image_defaults(&image_config);
         let context = self.sandbox_context(&pod.id, &pod.config, pod.netns.clone(), pod.pause_pid, &pod.cgroup_parent);
         let host = self.inner.host.clone();
+        let mut user = None;
         let bundle = self.prepare_bundle(&id, &image_id, rollback, |rootfs| {
-            oci::container_spec(&id, &context, &spec, &defaults, rootfs, &host).map_err(Into::into)
+            let oci_spec = oci::container_spec(&id, &context, &spec, &defaults, rootfs, &host)?;
+            user = oci_spec.process().as_ref().map(|process| ProcessUser {
+                uid: process.user().uid(),
+                gid: process.user().gid(),
+                supplemental_gids: process.user().additional_gids().clone().unwrap_or_default(),
+            });
+            Ok(oci_spec)
         })?;
         if let Some(parent) = log_path.as_ref().and_then(|p| p.parent()) {
             std::fs::create_dir_all(parent).map_err(SandboxError::io(format!("creating {}", parent.display())))?;
@@ -575,6 +582,7 @@ impl PodService {
             message: String::new(),
             pid: Some(pid),
             stop_signal: image_config.config.as_ref().and_then(|c| c.stop_signal.clone()),
+            user,
         };
         self.inner.store.put(Kind::Container, &id, &record)?;
         tracing::info!(container = %id, pod = %pod.id, name = %record.name, "container created");
