@@ -21,8 +21,9 @@
 #       group-defined-in-image (50000); USER 1000
 #   gcr.io/k8s-staging-cri-tools/test-image-{latest,1,2,3}:latest   each its own image (a
 #       marker file); test-image-tag:{test,all} one image, test-image-tags:{1,2,3} another
-#   registry.k8s.io/pause:3.10   lib.sh's pause; registry.k8s.io/pause:3.9 (also as
-#       k8s.gcr.io/pause:3.9) the same with another config, so another image
+#   registry.k8s.io/pause:3.10   pause-standin.c alone, the sandbox image (unlike lib.sh's
+#       shell loop it starts no sleep that critest's pgrep would see in a pod); pause:3.9
+#       (also as k8s.gcr.io/pause:3.9) the same with another config, so another image
 #
 # Not reproducible: gcr.io/k8s-staging-cri-tools/test-image-digest@sha256:9700f9a2…, a
 # digest only the upstream build has; see expected-failures.txt.
@@ -122,6 +123,10 @@ critest_compile() {
     gcc -static -Os -o "$2" "$CRITEST_HERE/$1" || die "gcc $1"
 }
 
+critest_pause_rootfs() {
+    critest_compile pause-standin.c "$1/pause"
+}
+
 critest_nginx_rootfs() {
     critest_compile nginx-standin.c "$1/usr/sbin/nginx"
     mkdir -p "$1/usr/share/nginx/html"
@@ -147,10 +152,16 @@ critest_predefined_group_rootfs() {
     chown 1000:1000 "$1/home/default-user"
 }
 
-# build_critest_images: every stand-in above in TEST_LAYOUT, after lib.sh's images.
+# build_critest_images: every stand-in above in TEST_LAYOUT.
 build_critest_images() {
     local name
-    build_test_images
+    umoci init --layout "$TEST_LAYOUT" || die "umoci init"
+    critest_layer "" critest-pause critest_pause_rootfs
+    critest_config critest-pause critest-pause --config.entrypoint /pause
+    # Another version is another image: were 3.9 and 3.10 one image, the test that
+    # removes pause:3.9 by one of its two names would find a third.
+    critest_config critest-pause critest-pause-3.9 --config.label io.berth.critest.pause-version=3.9
+
     critest_layer "" critest-busybox critest_busybox_rootfs
     critest_config critest-busybox critest-busybox --config.cmd sh \
         --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -187,10 +198,7 @@ build_critest_images() {
 push_critest_images() {
     local arch name tag
     arch=$(dpkg --print-architecture)
-    push_test_images
-    # Another version is another image: were 3.9 and lib.sh's 3.10 one image, the test
-    # that removes pause:3.9 by one of its two names would find a third.
-    critest_config pause critest-pause-3.9 --config.label io.berth.critest.pause-version=3.9
+    push "$TEST_LAYOUT:critest-pause" pause:3.10
     push "$TEST_LAYOUT:critest-pause-3.9" pause:3.9
     push "$TEST_LAYOUT:critest-busybox" "$CRITEST_E2E/busybox:1.29-2"
     push "$TEST_LAYOUT:critest-nginx" "$CRITEST_E2E/nginx:1.14-2"
