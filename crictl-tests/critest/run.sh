@@ -17,6 +17,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/../lib.sh"
 # shellcheck source=crictl-tests/critest/images.sh
 source "$here/images.sh"
+# shellcheck disable=SC2034  # read by lib.sh, whose messages name the file
 SCENARIO_FILE=critest
 
 CRITEST=${CRITEST:-$(command -v critest || echo /usr/local/bin/critest)}
