@@ -91,7 +91,7 @@ else
         -o "$critest_dir/critest" ./cmd/critest)
     install -m 0755 "$critest_dir/critest" "$critest_bin"
     rm -rf "$critest_dir"
-    say "installed critest $("$critest_bin" --version | sed -n 's/^critest version: //p')"
+    say "installed critest $("$critest_bin" --version 2>/dev/null | sed -n 's/^critest version: //p')"
 fi
 
 # critest's busybox stand-in needs a shell that runs commands from PATH; Debian's
@@ -102,7 +102,11 @@ if [[ -x $critest_busybox ]]; then
 else
     say "fetching Debian's dynamic busybox for critest's images"
     busybox_dir=$(mktemp -d /tmp/berth-busybox.XXXXXX)
-    (cd "$busybox_dir" && apt-get download -qq busybox 2>/dev/null) || die "apt-get download busybox failed"
+    # apt runs the download as root here (its _apt user cannot write the temp dir).
+    if ! (cd "$busybox_dir" && apt-get download -qq busybox 2>/dev/null); then
+        apt-get update -qq
+        (cd "$busybox_dir" && apt-get download -qq busybox 2>/dev/null) || die "apt-get download busybox failed"
+    fi
     dpkg-deb -x "$busybox_dir"/busybox_*.deb "$busybox_dir/unpacked"
     install -D -m 0755 "$busybox_dir/unpacked/bin/busybox" "$critest_busybox"
     rm -rf "$busybox_dir"
