@@ -5,6 +5,7 @@
 #   2. cargo build --release --bins
 #   3. cargo test --release        unit and Rust integration tests (root, a real registry)
 #   4. crictl-tests/run.sh         the real crictl against the berthd just built
+#   5. crictl-tests/critest/run.sh critest, the CRI validation suite, against it
 #
 # Ends with "test.sh: N passed, N failed" (Rust tests plus crictl scenarios) and exits
 # non-zero when anything failed.
@@ -78,13 +79,32 @@ if ((build_ok)); then
     fi
 fi
 
+critest_passed=0
+critest_failed=0
+if ((build_ok)); then
+    stage "critest (CRI validation suite)"
+    crictl-tests/critest/run.sh </dev/null 2>&1 | tee "$logs/critest.log"
+    critest_status=${PIPESTATUS[0]}
+    # Failures that expected-failures.txt lists do not fail the stage or count here.
+    read -r critest_passed critest_failed critest_expected < <(
+        sed -n 's/^critest: \([0-9]*\) passed, \([0-9]*\) failed (\([0-9]*\) expected).*/\1 \2 \3/p' "$logs/critest.log" | tail -1
+    )
+    critest_passed=${critest_passed:-0}
+    critest_failed=$((${critest_failed:-0} - ${critest_expected:-0}))
+    if ((critest_status != 0)); then
+        stage_failures+=("critest (exit $critest_status)")
+        ((critest_failed == 0)) && critest_failed=1
+    fi
+fi
+
 echo
 echo "==== test.sh: summary after $((SECONDS - started)) s"
 echo "  rust tests:       $rust_passed passed, $rust_failed failed"
 echo "  crictl scenarios: $crictl_passed passed, $crictl_failed failed"
+echo "  critest:          $critest_passed passed, $critest_failed failed"
 if ((${#stage_failures[@]})); then
     echo "  failed stages:    ${stage_failures[*]}"
 fi
-total_failed=$((rust_failed + crictl_failed + (build_ok ? 0 : 1)))
-echo "test.sh: $((rust_passed + crictl_passed)) passed, $total_failed failed"
+total_failed=$((rust_failed + crictl_failed + critest_failed + (build_ok ? 0 : 1)))
+echo "test.sh: $((rust_passed + crictl_passed + critest_passed)) passed, $total_failed failed"
 ((${#stage_failures[@]} == 0))

@@ -10,6 +10,9 @@ source "$repo/deploy/env.sh"
 
 crictl_version=v1.36.0
 crictl_bin=/usr/local/bin/crictl
+critest_bin=/usr/local/bin/critest
+# crictl-tests/critest/images.sh reads it from here.
+critest_busybox=/var/cache/berth-tests/busybox-dynamic/busybox
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 say() { echo "install-deps: $*"; }
@@ -69,4 +72,42 @@ else
         -o "$build_dir/crictl" ./cmd/crictl)
     install -m 0755 "$build_dir/crictl" "$crictl_bin"
     say "installed $("$crictl_bin" --version)"
+fi
+
+# critest is the CRI validation suite of the same module, compiled as a Go test binary.
+installed_critest=$("$critest_bin" --version 2>/dev/null | sed -n 's/^critest version: //p' || true)
+if [[ $installed_critest == "$crictl_version" ]]; then
+    say "critest $crictl_version already installed"
+else
+    command -v go >/dev/null || die "go not found: critest $crictl_version is built from source with the Go toolchain"
+    say "building critest $crictl_version"
+    critest_dir=$(mktemp -d /tmp/berth-critest.XXXXXX)
+    module_dir=$(cd "$critest_dir" && go mod download -json "sigs.k8s.io/cri-tools@$crictl_version" | jq -r .Dir)
+    [[ -d $module_dir ]] || die "go mod download of sigs.k8s.io/cri-tools@$crictl_version gave no source directory"
+    cp -r "$module_dir" "$critest_dir/src"
+    chmod -R u+w "$critest_dir/src"
+    (cd "$critest_dir/src" && go test -c -trimpath -buildvcs=false \
+        -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
+        -o "$critest_dir/critest" ./cmd/critest)
+    install -m 0755 "$critest_dir/critest" "$critest_bin"
+    rm -rf "$critest_dir"
+    say "installed critest $("$critest_bin" --version 2>/dev/null | sed -n 's/^critest version: //p')"
+fi
+
+# critest's busybox stand-in needs a shell that runs commands from PATH; Debian's
+# busybox-static runs its own applets first. The dynamic build conflicts with
+# busybox-static as a package, so it is unpacked beside it, not installed.
+if [[ -x $critest_busybox ]]; then
+    say "dynamic busybox for critest's images already unpacked"
+else
+    say "fetching Debian's dynamic busybox for critest's images"
+    busybox_dir=$(mktemp -d /tmp/berth-busybox.XXXXXX)
+    # apt runs the download as root here (its _apt user cannot write the temp dir).
+    if ! (cd "$busybox_dir" && apt-get download -qq busybox 2>/dev/null); then
+        apt-get update -qq
+        (cd "$busybox_dir" && apt-get download -qq busybox 2>/dev/null) || die "apt-get download busybox failed"
+    fi
+    dpkg-deb -x "$busybox_dir"/busybox_*.deb "$busybox_dir/unpacked"
+    install -D -m 0755 "$busybox_dir/unpacked/bin/busybox" "$critest_busybox"
+    rm -rf "$busybox_dir"
 fi

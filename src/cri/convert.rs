@@ -408,7 +408,13 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             ..Default::default()
         }),
         image_id: c.image_id.clone(),
-        user: None,
+        user: c.user.as_ref().map(|user| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: user.uid.into(),
+                gid: user.gid.into(),
+                supplemental_groups: user.supplemental_gids.iter().map(|&gid| gid.into()).collect(),
+            }),
+        }),
     }
 }
 

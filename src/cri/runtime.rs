@@ -27,11 +27,32 @@ pub struct CriRuntimeService {
     /// The previous CPU sample per container or pod, to turn cumulative usage into
     /// a rate (nanocores) as the kubelet's summary API expects.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    /// What each runtime handler can do, asked of its OCI runtime once at start-up.
+    handler_features: Vec<cri::RuntimeHandler>,
 }
 
 impl CriRuntimeService {
     pub fn new(config: Config, pods: PodService, streaming: StreamingServer) -> Self {
-        CriRuntimeService { config, pods, streaming, cpu_samples: Mutex::default() }
+        let kernel_version = crate::oci::HostFacts::detect().kernel_version;
+        let default_handler = config.runtime.default_handler.clone();
+        let mut handler_features: Vec<cri::RuntimeHandler> = config
+            .runtime
+            .effective_handlers()
+            .into_iter()
+            .map(|(name, handler)| cri::RuntimeHandler {
+                name,
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: crate::oci::runtime_supports_recursive_read_only(&handler.path, kernel_version),
+                    user_namespaces: false,
+                }),
+            })
+            .collect();
+        // A request naming no handler gets the default one, and so does the empty name
+        // in this list, as containerd reports it.
+        if let Some(default) = handler_features.iter().find(|handler| handler.name == default_handler) {
+            handler_features.push(cri::RuntimeHandler { name: String::new(), features: default.features });
+        }
+        CriRuntimeService { config, pods, streaming, cpu_samples: Mutex::default(), handler_features }
     }
 
     fn cpu_usage(&self, id: &str, stats: &Stats) -> cri::CpuUsage {
@@ -184,18 +205,11 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
             });
             info.insert("config".to_string(), config.to_string());
         }
-        let runtime_handlers = self
-            .config
-            .runtime
-            .effective_handlers()
-            .into_keys()
-            .map(|name| cri::RuntimeHandler { name, features: None })
-            .collect();
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions: vec![runtime, network] }),
             info,
-            runtime_handlers,
-            features: None,
+            runtime_handlers: self.handler_features.clone(),
+            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true }),
         }))
     }
 
@@ -303,8 +317,9 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     async fn stop_container(&self, request: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
         let request = request.into_inner();
         let timeout = Duration::from_secs(request.timeout.max(0) as u64);
+        // Stopping is idempotent in CRI: a container already gone is as stopped as it gets.
         if self.pods.container(&request.container_id)?.is_none() {
-            return Err(Status::not_found(format!("container {} not found", request.container_id)));
+            return Ok(Response::new(cri::StopContainerResponse {}));
         }
         self.pods.stop_container(&request.container_id, timeout).await?;
         Ok(Response::new(cri::StopContainerResponse {}))

@@ -62,6 +62,34 @@ impl HostFacts {
     }
 }
 
+/// Whether an OCI runtime can make bind mounts read-only recursively (`rro`): its
+/// `features` command lists the option and the kernel has `mount_setattr` (5.12).
+/// A runtime without a `features` command (runc before 1.1) cannot.
+pub fn runtime_supports_recursive_read_only(runtime: &Path, kernel_version: (u32, u32)) -> bool {
+    if kernel_version < (5, 12) {
+        return false;
+    }
+    match std::process::Command::new(runtime).arg("features").stderr(std::process::Stdio::null()).output() {
+        Ok(output) if output.status.success() => features_list_mount_option(&output.stdout, "rro"),
+        Ok(_) => false,
+        Err(error) => {
+            tracing::warn!(runtime = %runtime.display(), %error, "asking the OCI runtime for its features");
+            false
+        }
+    }
+}
+
+/// Whether the JSON of an OCI runtime's `features` command names `option` in
+/// `mountOptions`.
+fn features_list_mount_option(features: &[u8], option: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Features {
+        #[serde(rename = "mountOptions", default)]
+        mount_options: Vec<String>,
+    }
+    serde_json::from_slice::<Features>(features).is_ok_and(|features| features.mount_options.iter().any(|o| o == option))
+}
+
 fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|text| text.trim().to_string())
 }
@@ -113,6 +141,16 @@ mod tests {
         assert_eq!(parse_kernel_version("6.18.44-fc-v595"), (6, 18));
         assert_eq!(parse_kernel_version("4.8"), (4, 8));
         assert_eq!(parse_kernel_version("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn recursive_read_only_needs_the_option_in_the_runtime_features() {
+        assert!(features_list_mount_option(br#"{"ociVersionMin":"1.0.0","mountOptions":["ro","rro","rw"]}"#, "rro"));
+        assert!(!features_list_mount_option(br#"{"mountOptions":["ro","rw"]}"#, "rro"));
+        assert!(!features_list_mount_option(br#"{"ociVersionMin":"1.0.0"}"#, "rro"));
+        assert!(!features_list_mount_option(b"flag provided but not defined: features", "rro"));
+        assert!(!runtime_supports_recursive_read_only(Path::new("/no/such/runtime"), (6, 1)));
+        assert!(!runtime_supports_recursive_read_only(Path::new("runc"), (5, 11)));
     }
 
     #[test]

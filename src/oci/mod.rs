@@ -16,7 +16,7 @@ mod spec;
 mod types;
 mod user;
 
-pub use host::HostFacts;
+pub use host::{HostFacts, runtime_supports_recursive_read_only};
 pub use resources::linux_resources;
 pub use spec::{annotations, container_spec, exec_process, sandbox_spec};
 pub use types::{

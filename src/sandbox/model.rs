@@ -99,4 +99,16 @@ pub struct ContainerRecord {
     pub pid: Option<u32>,
     /// The image's STOPSIGNAL, when it names one.
     pub stop_signal: Option<String>,
+    /// Who the container's process runs as, as resolved against the image when it
+    /// was created; absent in records of berth versions that did not keep it.
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
+}
+
+/// The uid, primary gid and supplemental gids a container's process runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub supplemental_gids: Vec<u32>,
 }

@@ -574,8 +574,15 @@ impl PodService {
         let defaults = image_defaults(&image_config);
         let context = self.sandbox_context(&pod.id, &pod.config, pod.netns.clone(), pod.pause_pid, &pod.cgroup_parent);
         let host = self.inner.host.clone();
+        let mut user = None;
         let bundle = self.prepare_bundle(&id, &image_id, rollback, |rootfs| {
-            oci::container_spec(&id, &context, &spec, &defaults, rootfs, &host).map_err(Into::into)
+            let oci_spec = oci::container_spec(&id, &context, &spec, &defaults, rootfs, &host)?;
+            user = oci_spec.process().as_ref().map(|process| ProcessUser {
+                uid: process.user().uid(),
+                gid: process.user().gid(),
+                supplemental_gids: process.user().additional_gids().clone().unwrap_or_default(),
+            });
+            Ok(oci_spec)
         })?;
         if let Some(parent) = log_path.as_ref().and_then(|p| p.parent()) {
             std::fs::create_dir_all(parent).map_err(SandboxError::io(format!("creating {}", parent.display())))?;
@@ -612,6 +619,7 @@ impl PodService {
             message: String::new(),
             pid: Some(pid),
             stop_signal: image_config.config.as_ref().and_then(|c| c.stop_signal.clone()),
+            user,
         };
         self.inner.store.put(Kind::Container, &id, &record)?;
         tracing::info!(container = %id, pod = %pod.id, name = %record.name, "container created");
@@ -1001,9 +1009,19 @@ fn pod_network<'a>(id: &'a str, config: &'a PodConfig, netns: &'a Path) -> PodNe
     }
 }
 
-/// The pod's hostname: as configured, else the pod's name, as kubelet would set it.
+/// The pod's hostname: as configured, else the node's, as containerd and CRI-O give it
+/// (a pod's name may be longer than the 64 bytes a hostname may have).
 fn pod_hostname(config: &PodConfig) -> String {
-    if config.hostname.is_empty() { config.name.clone() } else { config.hostname.clone() }
+    if !config.hostname.is_empty() {
+        return config.hostname.clone();
+    }
+    match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(node_hostname) => node_hostname.trim_end().to_string(),
+        Err(error) => {
+            tracing::warn!(%error, "reading the node's hostname; the pod gets \"localhost\"");
+            "localhost".to_string()
+        }
+    }
 }
 
 fn validate_pod(config: &PodConfig) -> Result<(), SandboxError> {
