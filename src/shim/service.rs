@@ -286,7 +286,10 @@ impl<R: OciRuntime> TaskService<R> {
         // there; a FIFO in stdout is containerd's convention (raw bytes, one FIFO
         // per stream).
         let (log, stdout, stderr) = if request.stdout.is_empty() || is_fifo(&request.stdout) {
-            (None, Output::open_raw(&request.stdout, "stdout")?, Output::open_raw(&request.stderr, "stderr")?)
+            let output = |path: &str, field| {
+                if path.is_empty() { Ok(Output::AttachersOnly) } else { Output::open_raw(path, field) }
+            };
+            (None, output(&request.stdout, "stdout")?, output(&request.stderr, "stderr")?)
         } else {
             if !request.stderr.is_empty() && request.stderr != request.stdout {
                 return Err(TaskError::InvalidArgument(

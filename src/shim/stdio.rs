@@ -80,6 +80,9 @@ impl AsyncStream {
 /// Where one output stream of a process goes.
 pub enum Output {
     Discard,
+    /// Nowhere but to the process's attachers: a container without a log still
+    /// feeds CRI Attach, so its output goes through a pipe all the same.
+    AttachersOnly,
     /// A regular file, appended to.
     File(File),
     /// A FIFO somebody reads, fed the raw bytes.
@@ -239,7 +242,7 @@ impl OutputFanout {
 
 async fn write_output(sink: &mut Output, splitter: Option<&mut LineSplitter>, data: &[u8]) -> io::Result<()> {
     match sink {
-        Output::Discard => Ok(()),
+        Output::Discard | Output::AttachersOnly => Ok(()),
         Output::File(file) => io::Write::write_all(file, data),
         Output::Fifo(fifo) => fifo.write_all(data).await,
         Output::Log(log, stream) => {
