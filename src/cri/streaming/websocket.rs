@@ -32,8 +32,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Channel numbers are one byte and every port takes two.
 const MAX_PORTS: usize = 128;
 
-pub async fn serve_exec(socket: WebSocketStream<TcpStream>, protocol: ChannelProtocol, pods: PodService, request: ExecRequest) {
-    let (mut sink, mut incoming) = socket.split();
+type SocketSink = futures::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
+
+/// Writes what is queued for each channel to the socket, in order, with bounded
+/// memory; the task hands the sink back when the queue closes, or nothing when
+/// the client went away.
+fn spawn_channel_writer(
+    mut sink: SocketSink,
+    protocol: ChannelProtocol,
+) -> (mpsc::Sender<(u8, Bytes)>, tokio::task::JoinHandle<Option<SocketSink>>) {
     let (output, mut queue) = mpsc::channel::<(u8, Bytes)>(OUTPUT_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some((channel, data)) = queue.recv().await {
@@ -43,6 +50,12 @@ pub async fn serve_exec(socket: WebSocketStream<TcpStream>, protocol: ChannelPro
         }
         Some(sink)
     });
+    (output, writer)
+}
+
+pub async fn serve_exec(socket: WebSocketStream<TcpStream>, protocol: ChannelProtocol, pods: PodService, request: ExecRequest) {
+    let (sink, mut incoming) = socket.split();
+    let (output, writer) = spawn_channel_writer(sink, protocol);
     let (events, received) = mpsc::channel(EVENT_QUEUE);
     let reader = tokio::spawn(async move {
         while let Some(Ok(message)) = incoming.next().await {
@@ -155,16 +168,8 @@ fn error_channel(index: usize) -> u8 {
 /// on each names the port, two bytes little-endian. The socket closes once
 /// every pod connection ended.
 pub async fn serve_port_forward(socket: WebSocketStream<TcpStream>, protocol: ChannelProtocol, pods: PodService, pod_id: String, ports: Vec<u16>) {
-    let (mut sink, mut incoming) = socket.split();
-    let (output, mut queue) = mpsc::channel::<(u8, Bytes)>(OUTPUT_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some((channel, data)) = queue.recv().await {
-            if sink.send(protocol.encode(channel, &data)).await.is_err() {
-                return None;
-            }
-        }
-        Some(sink)
-    });
+    let (sink, mut incoming) = socket.split();
+    let (output, writer) = spawn_channel_writer(sink, protocol);
     let mut to_pods = Vec::new();
     let mut forwards = Vec::new();
     for (index, &port) in ports.iter().enumerate() {
