@@ -278,13 +278,18 @@ impl PodService {
         // runc): running them side by side takes the slower of the two off a pod's
         // start, not their sum.
         let network_setup = async {
-            match (&cni, &netns_path) {
+            let began = std::time::Instant::now();
+            let added = match (&cni, &netns_path) {
                 (Some(cni), Some(path)) => Some(cni.add(&pod_network(&id, &config, path)).await),
                 _ => None,
-            }
+            };
+            (added, began.elapsed())
         };
-        let pause_setup = self.start_pause(&id, &config, &handler_name, &handler, netns_path.clone(), rollback);
-        let (network, pause) = tokio::join!(network_setup, pause_setup);
+        let pause_setup = async {
+            let began = std::time::Instant::now();
+            (self.start_pause(&id, &config, &handler_name, &handler, netns_path.clone(), rollback).await, began.elapsed())
+        };
+        let ((network, network_time), (pause, pause_time)) = tokio::join!(network_setup, pause_setup);
         let network = match network {
             None => None,
             Some(added) => {
@@ -323,7 +328,14 @@ impl PodService {
         };
         self.inner.store.put(Kind::Pod, &id, &record)?;
         self.inner.shims.lock().await.insert(id.clone(), shim);
-        tracing::info!(pod = %id, name = %record.config.name, namespace = %record.config.namespace, "pod sandbox running");
+        tracing::info!(
+            pod = %id,
+            name = %record.config.name,
+            namespace = %record.config.namespace,
+            network_ms = network_time.as_millis() as u64,
+            pause_ms = pause_time.as_millis() as u64,
+            "pod sandbox running"
+        );
         Ok(id)
     }
 
