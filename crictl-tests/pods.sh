@@ -712,6 +712,31 @@ scenario_daemon_and_shim_killed() {
     remove_all_pods
 }
 
+# The stream kubelet's evented PLEG reads (GetContainerEvents): every change of a pod
+# sandbox (under its own id) and of its container, in the order they happened.
+scenario_events() {
+    local events="$WORKDIR/events.json" watcher pod ctr got
+    cri events -o json >"$events" 2>/dev/null &
+    watcher=$!
+    sleep 1
+    pod=$(run_pod echo) || { kill "$watcher"; fail_check "crictl runp echo" "$pod"; return; }
+    ctr=$(start_ctr "$pod" quick true) || { kill "$watcher"; fail_check "a container starts" "$ctr"; return; }
+    wait_state "$ctr" CONTAINER_EXITED 10 >/dev/null
+    cri rm "$ctr" >/dev/null
+    cri stopp "$pod" >/dev/null
+    cri rmp "$pod" >/dev/null
+    sleep 1
+    kill "$watcher"
+    wait "$watcher" 2>/dev/null
+    got=$(jq -r '"\(.containerEventType) \(.containerId)"' "$events" 2>/dev/null |
+        sed -e "s/ $pod\$/ pod/" -e "s/ $ctr\$/ container/" | paste -sd, -)
+    check_eq "crictl events shows each change of the pod and its container, in order" \
+        "CONTAINER_CREATED_EVENT pod,CONTAINER_STARTED_EVENT pod,CONTAINER_CREATED_EVENT container,CONTAINER_STARTED_EVENT container,CONTAINER_STOPPED_EVENT container,CONTAINER_DELETED_EVENT container,CONTAINER_STOPPED_EVENT pod,CONTAINER_DELETED_EVENT pod" \
+        "$got"
+    check_eq "each event carries the pod's status while the pod exists" "$pod" \
+        "$(jq -r 'select(.containerEventType == "CONTAINER_STARTED_EVENT") | .podSandboxStatus.id' "$events" | sort -u)"
+}
+
 scenario_bad_input() {
     local shims netns overlays snapshots pod stopped out file missing
     remove_all_pods
@@ -842,6 +867,7 @@ pod_scenario "stats and statsp" scenario_stats
 pod_scenario "update memory and cpu limits live" scenario_update
 pod_scenario "a container over its memory limit is OOMKilled" scenario_oom
 pod_scenario "kill -9 of berthd, then of the pod's shim" scenario_daemon_and_shim_killed
+pod_scenario "crictl events: the lifecycle stream of pods and containers" scenario_events
 pod_scenario "bad input fails cleanly and leaks nothing" scenario_bad_input
 pod_scenario "rmp -af leaves nothing behind" scenario_nothing_left_behind
 finish

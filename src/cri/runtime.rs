@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
+use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, labels_match};
@@ -14,6 +15,7 @@ use super::streaming::{ExecRequest, StreamingServer};
 use crate::config::Config;
 use crate::oci::PidNamespace;
 use crate::sandbox::PodService;
+use crate::sandbox::events::{LifecycleChange, LifecycleEvent};
 use crate::sandbox::model::{ContainerRecord, PodRecord};
 use crate::shim::Stats;
 
@@ -137,6 +139,29 @@ fn now_nanos() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
+fn container_statuses_of(pods: &PodService, pod_id: &str) -> Result<Vec<cri::ContainerStatus>, Status> {
+    Ok(pods.containers()?.iter().filter(|c| c.pod_id == pod_id).map(convert::container_status).collect())
+}
+
+/// An event as kubelet's evented PLEG reads it: what changed, and the pod's status
+/// as it is now (none once the pod is gone).
+fn container_event(pods: &PodService, event: LifecycleEvent) -> cri::ContainerEventResponse {
+    let container_event_type = match event.change {
+        LifecycleChange::Created => cri::ContainerEventType::ContainerCreatedEvent,
+        LifecycleChange::Started => cri::ContainerEventType::ContainerStartedEvent,
+        LifecycleChange::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+        LifecycleChange::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+    };
+    let pod = pods.pod(&event.pod_id).ok().flatten();
+    cri::ContainerEventResponse {
+        container_id: event.id,
+        container_event_type: container_event_type as i32,
+        created_at: event.at_nanos,
+        pod_sandbox_status: pod.as_ref().map(convert::pod_status),
+        containers_statuses: container_statuses_of(pods, &event.pod_id).unwrap_or_default(),
+    }
+}
+
 fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!("{method}: not served by this build of berth"))
 }
@@ -258,13 +283,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         if request.verbose {
             info.insert("info".to_string(), serde_json::to_string(&pod).unwrap_or_default());
         }
-        let containers_statuses = self
-            .pods
-            .containers()?
-            .iter()
-            .filter(|c| c.pod_id == pod.id)
-            .map(convert::container_status)
-            .collect();
+        let containers_statuses = container_statuses_of(&self.pods, &pod.id)?;
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(convert::pod_status(&pod)),
             info,
@@ -429,7 +448,22 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     }
 
     async fn get_container_events(&self, _: Request<cri::GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("get_container_events"))
+        let pods = self.pods.clone();
+        let events = futures::stream::unfold(self.pods.subscribe_events(), move |mut receiver| {
+            let pods = pods.clone();
+            async move {
+                loop {
+                    match receiver.recv().await {
+                        Ok(event) => return Some((Ok(container_event(&pods, event)), receiver)),
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "a GetContainerEvents client fell behind and missed events");
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn exec(&self, request: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {

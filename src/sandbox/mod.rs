@@ -2,6 +2,7 @@
 //! filesystems, and the lifecycle of pods and their containers (`PodService`).
 
 pub mod cni;
+pub mod events;
 pub mod files;
 pub mod model;
 pub mod netns;

@@ -15,6 +15,7 @@ use rand::RngCore;
 
 use super::cni::{Cni, PodNetwork};
 use super::error::SandboxError;
+use super::events::{LifecycleChange, LifecycleEvent, LifecycleEvents};
 use super::model::*;
 use super::{files, netns, rootfs};
 use crate::config::Config;
@@ -52,6 +53,7 @@ struct Inner {
     /// Serialises changes to one pod's or container's record: the exit watcher,
     /// stop and remove all write the same record.
     records: tokio::sync::Mutex<()>,
+    events: LifecycleEvents,
 }
 
 /// Undo steps of a half-built pod or container, run in reverse when a later step
@@ -118,10 +120,16 @@ impl PodService {
                 cni: Mutex::new(cni),
                 shims: Default::default(),
                 records: Default::default(),
+                events: LifecycleEvents::default(),
             }),
         };
         service.recover().await?;
         Ok(service)
+    }
+
+    /// Every lifecycle change of pods and containers from now on.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<LifecycleEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Whether pods can get a network; the reason when not.
@@ -328,6 +336,8 @@ impl PodService {
         };
         self.inner.store.put(Kind::Pod, &id, &record)?;
         self.inner.shims.lock().await.insert(id.clone(), shim);
+        self.inner.events.announce(&id, &id, LifecycleChange::Created, record.created_at_nanos);
+        self.inner.events.announce(&id, &id, LifecycleChange::Started, now_nanos());
         tracing::info!(
             pod = %id,
             name = %record.config.name,
@@ -475,6 +485,7 @@ impl PodService {
         if pod.state != PodState::NotReady {
             pod.state = PodState::NotReady;
             self.inner.store.put(Kind::Pod, &pod.id, &pod)?;
+            self.inner.events.announce(&pod.id, &pod.id, LifecycleChange::Stopped, now_nanos());
             tracing::info!(pod = %pod.id, "pod sandbox stopped");
         }
         Ok(())
@@ -509,6 +520,7 @@ impl PodService {
             }
         }
         self.inner.store.delete(Kind::Pod, &pod.id)?;
+        self.inner.events.announce(&pod.id, &pod.id, LifecycleChange::Deleted, now_nanos());
         tracing::info!(pod = %pod.id, "pod sandbox removed");
         Ok(())
     }
@@ -634,6 +646,7 @@ impl PodService {
             user,
         };
         self.inner.store.put(Kind::Container, &id, &record)?;
+        self.inner.events.announce(&id, &pod.id, LifecycleChange::Created, record.created_at_nanos);
         tracing::info!(container = %id, pod = %pod.id, name = %record.name, "container created");
         Ok(id)
     }
@@ -690,6 +703,7 @@ impl PodService {
             record.started_at_nanos = now_nanos();
             record.pid = Some(pid);
             self.inner.store.put(Kind::Container, &record.id, &record)?;
+            self.inner.events.announce(&record.id, &record.pod_id, LifecycleChange::Started, record.started_at_nanos);
         }
         self.watch_exit(container.pod_id.clone(), container.id.clone());
         tracing::info!(container = %container.id, pid, "container started");
@@ -747,6 +761,7 @@ impl PodService {
             }
         }
         self.inner.store.put(Kind::Container, id, &record)?;
+        self.inner.events.announce(id, &record.pod_id, LifecycleChange::Stopped, record.finished_at_nanos);
         Ok(())
     }
 
@@ -810,6 +825,7 @@ impl PodService {
             let _ = std::fs::remove_file(log);
         }
         self.inner.store.delete(Kind::Container, &container.id)?;
+        self.inner.events.announce(&container.id, &container.pod_id, LifecycleChange::Deleted, now_nanos());
         tracing::info!(container = %container.id, "container removed");
         Ok(())
     }
