@@ -1,6 +1,7 @@
 //! berth: a Kubernetes node runtime. See `docs/architecture.md` for the rooms of
 //! this crate and how requests flow between them.
 
+pub mod builder;
 pub mod config;
 pub mod cri;
 pub mod images;
