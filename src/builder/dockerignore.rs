@@ -1,0 +1,1 @@
+//! `.dockerignore`: which build-context paths a build leaves out.
