@@ -272,7 +272,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 println!(
                     "{:<14} {:<22} {created_by:<60} {:>10}  {}",
                     if entry.id.starts_with("sha256:") { short(&entry.id) } else { &entry.id },
-                    ago(entry.created_seconds),
+                    entry.created,
                     human_size(entry.size),
                     entry.comment
                 );
@@ -303,17 +303,6 @@ fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{bytes}B") } else { format!("{size:.3}{}", units[unit]) }
-}
-
-fn ago(seconds: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    match now.saturating_sub(seconds) {
-        s if seconds == 0 => format!("{s}"),
-        s if s < 60 => format!("{s} seconds ago"),
-        s if s < 3600 => format!("{} minutes ago", s / 60),
-        s if s < 86400 => format!("{} hours ago", s / 3600),
-        s => format!("{} days ago", s / 86400),
-    }
 }
 
 fn build_options(

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::BuildError;
+use crate::images::ImageService;
+use crate::images::digest::Digest;
 use crate::images::manifest::ImageConfig;
 use crate::store::{Kind, LayerRecord, Store};
 
@@ -25,6 +27,8 @@ pub struct CacheEntry {
     pub config: ImageConfig,
     /// Bottom layer first.
     pub layers: Vec<LayerRecord>,
+    /// When the step ran, seconds since the epoch.
+    pub created_seconds: i64,
 }
 
 #[derive(Clone)]
@@ -78,6 +82,12 @@ impl BuildCache {
         }
         Ok(entries.len() as u32)
     }
+}
+
+/// Whether a cached layer is still stored and unpacked.
+pub fn layer_present(images: &ImageService, layer: &LayerRecord) -> bool {
+    let (Ok(digest), Ok(diff_id)) = (layer.digest.parse::<Digest>(), layer.diff_id.parse::<Digest>()) else { return false };
+    images.content().contains(&digest) && matches!(images.unpacked_size(&diff_id), Ok(Some(_)))
 }
 
 /// A hash of the files at `paths` (each a file, symlink or directory taken

@@ -1,35 +1,37 @@
-use crate::images::ImageError;
-use crate::shim::ShimError;
-use crate::store::StoreError;
+use std::path::PathBuf;
 
+use crate::images::ImageError;
+use crate::images::content::ContentError;
+use crate::images::unpack::UnpackError;
+
+/// What can go wrong while making, committing, saving or loading images.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The request or the Dockerfile is wrong; the message names the field or line.
+pub enum BuilderError {
     #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    /// Fine as asked, but this node or this build's state cannot do it.
-    #[error("{0}")]
-    Precondition(String),
-    /// A RUN step's command failed.
-    #[error("The command '{command}' returned a non-zero code: {code}")]
-    RunFailed { command: String, code: i32 },
-    #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("build container: {0}")]
-    Shim(#[from] ShimError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
     #[error("{0}")]
-    Internal(String),
+    Content(#[from] ContentError),
+    #[error("{}: {op}: {source}", path.display())]
+    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    #[error("the layer written from {}: {source}", tree.display())]
+    Snapshot { tree: PathBuf, source: UnpackError },
+    #[error("container {id}: no writable layer (it was never created here, or it has been removed)")]
+    NoWritableLayer { id: String },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("archive: {reason}")]
+    InvalidArchive { reason: String },
+    #[error("image {0} not found")]
+    NotFound(String),
 }
 
-impl BuildError {
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
-        let context = context.into();
-        move |source| BuildError::Io { context, source }
+impl BuilderError {
+    pub(super) fn io(path: impl Into<PathBuf>, op: &'static str) -> impl FnOnce(std::io::Error) -> BuilderError {
+        let path = path.into();
+        move |source| BuilderError::Io { path, op, source }
+    }
+
+    pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> BuilderError {
+        BuilderError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 }

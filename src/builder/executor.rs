@@ -13,12 +13,14 @@ use tokio::sync::mpsc;
 use super::BuildError;
 use super::cache::{BuildCache, CacheEntry, sources_hash, step_key};
 use super::context::BuildContext;
-use super::dockerfile::{self, ArgDecl, CommandForm, Dockerfile, FileCopy, Instruction, InstructionKind, Stage};
-use super::layer;
+use super::dockerfile::{self, ArgDecl, CommandForm, Dockerfile, FileCopy, Healthcheck, Instruction, InstructionKind, Stage};
+use super::copy::{self, CopySpec};
+use super::image::{BaseImage, ImageDraft};
+use super::layer::{Layer, LayerOptions, TreeKind};
 use super::run::{OutputStream, RunProcess, StepNetwork, StepSandbox};
 use crate::config::Config;
-use crate::images::ImageService;
-use crate::images::manifest::{ContainerConfig, History, ImageConfig, RootFs};
+use crate::images::{ContentHold, ImageService};
+use crate::images::manifest::{ContainerConfig, History, ImageConfig};
 use crate::store::LayerRecord;
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
@@ -55,6 +57,7 @@ pub struct Builder {
 pub(super) struct Inner {
     pub(super) config: Config,
     pub(super) images: ImageService,
+    pods: crate::sandbox::PodService,
     pub(super) cache: BuildCache,
     contexts: PathBuf,
 }
@@ -65,6 +68,9 @@ struct State {
     config: ImageConfig,
     layers: Vec<LayerRecord>,
     key: String,
+    /// When the state was made (seconds since the epoch): the image's created
+    /// time, so that a fully cached rebuild gives the same image id.
+    created: i64,
 }
 
 /// One running build.
@@ -80,16 +86,20 @@ struct Run<'a> {
     finished: HashMap<usize, State>,
     global_args: BTreeMap<String, String>,
     total: u32,
+    /// New layers and the content of cached and base states, kept from garbage
+    /// collection until the image that references them is written.
+    new_layers: Vec<Layer>,
+    holds: Vec<ContentHold>,
 }
 
 impl Builder {
-    pub fn new(config: &Config, images: ImageService, store: Arc<crate::store::Store>) -> Result<Builder, BuildError> {
+    pub fn new(config: &Config, images: ImageService, pods: crate::sandbox::PodService, store: Arc<crate::store::Store>) -> Result<Builder, BuildError> {
         let contexts = config.state.join("build-contexts");
         if contexts.exists() {
             std::fs::remove_dir_all(&contexts).map_err(BuildError::io(format!("clearing {}", contexts.display())))?;
         }
         std::fs::create_dir_all(&contexts).map_err(BuildError::io(format!("creating {}", contexts.display())))?;
-        Ok(Builder { inner: Arc::new(Inner { config: config.clone(), images, cache: BuildCache::new(store), contexts }) })
+        Ok(Builder { inner: Arc::new(Inner { config: config.clone(), images, pods, cache: BuildCache::new(store), contexts }) })
     }
 
     /// Where uploads are spooled.
@@ -112,6 +122,8 @@ impl Builder {
             finished: HashMap::new(),
             global_args: BTreeMap::new(),
             total: 0,
+            new_layers: Vec::new(),
+            holds: Vec::new(),
         };
         let result = run.all().await;
         if let Some(sandbox) = run.sandbox.take() {
@@ -163,7 +175,18 @@ impl Run<'_> {
             last = Some(state);
         }
         let state = last.expect("the target stage was built");
-        let (image_id, tags) = layer::register_image(&self.builder.inner.images, &state.config, &state.layers, &self.options.tags)?;
+        let draft = ImageDraft {
+            config: state.config.config.clone().unwrap_or_default(),
+            author: state.config.author.clone(),
+            steps: Vec::new(),
+            source_date_epoch: Some(state.created),
+            base: BaseImage { id: None, config: state.config, layers: state.layers },
+        };
+        let (images, names) = (self.builder.inner.images.clone(), self.options.tags.clone());
+        let image_id = tokio::task::spawn_blocking(move || super::image::write_image(&images, draft, &names))
+            .await
+            .map_err(|e| BuildError::Internal(format!("image write task: {e}")))??;
+        let tags = self.options.tags.iter().map(|t| if t.rsplit('/').next().is_some_and(|last| last.contains(':')) { t.clone() } else { format!("{t}:latest") }).collect();
         self.emit(BuildEvent::Built { image_id: image_id.clone(), tags }).await;
         Ok(image_id)
     }
@@ -223,7 +246,8 @@ impl Run<'_> {
         let mut state = if let Some(index) = self.stage_index(&base, stage.index) {
             self.finished.get(&index).cloned().ok_or_else(|| BuildError::Internal(format!("stage {index} was not built")))?
         } else if base == "scratch" {
-            State { config: scratch_config(), layers: Vec::new(), key: step_key("", "FROM scratch", &BTreeMap::new(), None) }
+            let base = BaseImage::scratch();
+            State { config: base.config, layers: base.layers, key: step_key("", "FROM scratch", &BTreeMap::new(), None), created: 0 }
         } else {
             self.base_image(&base).await?
         };
@@ -247,15 +271,16 @@ impl Run<'_> {
         Ok(state)
     }
 
-    async fn base_image(&self, reference: &str) -> Result<State, BuildError> {
+    async fn base_image(&mut self, reference: &str) -> Result<State, BuildError> {
         let images = &self.builder.inner.images;
         let id = match images.status(reference)? {
             Some(image) => image.id,
             None => images.pull(reference, None).await?,
         };
-        let record = images.image_record(&id)?.ok_or_else(|| BuildError::NotFound(format!("image {reference} vanished")))?;
-        let config = images.image_config(&id)?;
-        Ok(State { config, layers: record.layers, key: step_key("", &format!("FROM {id}"), &BTreeMap::new(), None) })
+        let base = BaseImage::stored(images, &id)?;
+        self.holds.push(images.hold(layer_keys(&base.layers)));
+        let key = step_key("", &format!("FROM {id}"), &BTreeMap::new(), None);
+        Ok(State { config: base.config, layers: base.layers, key, created: 0 })
     }
 
     /// One instruction: its cache key, then the cached result or a fresh one.
@@ -286,19 +311,24 @@ impl Run<'_> {
         let key = step_key(&state.key, &instruction.source, &args, sources.as_deref());
         let images = &self.builder.inner.images;
         if !self.options.no_cache
-            && let Some(entry) = self.builder.inner.cache.get(&key, |l| layer::is_present(images, l))?
+            && let Some(entry) = self.builder.inner.cache.get(&key, |l| super::cache::layer_present(images, l))?
         {
+            self.holds.push(images.hold(layer_keys(&entry.layers)));
             self.emit(BuildEvent::Cached).await;
-            return Ok(State { config: entry.config, layers: entry.layers, key });
+            return Ok(State { config: entry.config, layers: entry.layers, key, created: entry.created_seconds });
         }
         let mut next = self.execute(state, scope, instruction).await?;
         next.key = key.clone();
-        self.builder.inner.cache.put(&key, &CacheEntry { config: next.config.clone(), layers: next.layers.clone() })?;
+        let entry = CacheEntry { config: next.config.clone(), layers: next.layers.clone(), created_seconds: next.created };
+        self.builder.inner.cache.put(&key, &entry)?;
         Ok(next)
     }
 
-    fn created(&self) -> String {
-        layer::timestamp(self.options.source_date_epoch)
+    /// A new step's time: SOURCE_DATE_EPOCH when set, else now.
+    fn created(&self) -> i64 {
+        self.options.source_date_epoch.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+        })
     }
 
     async fn execute(&mut self, mut state: State, scope: &mut Scope, instruction: &Instruction) -> Result<State, BuildError> {
@@ -388,7 +418,7 @@ impl Run<'_> {
                     }
                 }
                 InstructionKind::Healthcheck(check) => {
-                    c.extra.insert("Healthcheck".into(), layer::healthcheck_json(check, &shell(c)));
+                    c.extra.insert("Healthcheck".into(), healthcheck_json(check));
                 }
                 InstructionKind::Run { command, heredocs, mounts, .. } => {
                     if !mounts.is_empty() {
@@ -414,15 +444,19 @@ impl Run<'_> {
                         working_dir: c.working_dir.clone().unwrap_or_default(),
                         user: c.user.clone().unwrap_or_default(),
                     };
-                    let layer = self.run_step(&state, &process, &argv).await?;
-                    state.layers.push(layer);
-                    empty_layer = false;
+                    if let Some(layer) = self.run_step(&state, &process, &argv).await? {
+                        state.layers.push(layer.record());
+                        self.new_layers.push(layer);
+                        empty_layer = false;
+                    }
                 }
                 InstructionKind::Copy(copy) | InstructionKind::Add(copy) => {
                     let is_add = matches!(instruction.kind, InstructionKind::Add(_));
-                    let layer = self.copy_step(&state, scope, copy, is_add, line).await?;
-                    state.layers.push(layer);
-                    empty_layer = false;
+                    if let Some(layer) = self.copy_step(&state, scope, copy, is_add, line).await? {
+                        state.layers.push(layer.record());
+                        self.new_layers.push(layer);
+                        empty_layer = false;
+                    }
                 }
             }
         }
@@ -430,7 +464,8 @@ impl Run<'_> {
             let last = state.layers.last().expect("a layer was just added");
             state.config.rootfs.diff_ids.push(last.diff_id.parse().map_err(|e| BuildError::Internal(format!("layer diff id: {e}")))?);
         }
-        state.config.created = Some(self.created());
+        state.created = self.created();
+        state.config.created = Some(rfc3339(state.created));
         state.config.history.push(History {
             created: state.config.created.clone(),
             created_by: Some(if empty_layer { created_by } else { history_by }),
@@ -448,7 +483,7 @@ impl Run<'_> {
         Ok(self.sandbox.as_ref().expect("just opened"))
     }
 
-    async fn run_step(&mut self, state: &State, process: &RunProcess, argv: &[String]) -> Result<LayerRecord, BuildError> {
+    async fn run_step(&mut self, state: &State, process: &RunProcess, argv: &[String]) -> Result<Option<Layer>, BuildError> {
         let step = format!("step{}", self.step_count);
         let parents: Vec<String> = state.layers.iter().map(|l| l.diff_id.clone()).collect();
         let (sender, mut receiver) = mpsc::channel(64);
@@ -466,7 +501,10 @@ impl Run<'_> {
         let _ = forward.await;
         let result = match outcome {
             Ok(ran) if ran.exit_code != 0 => Err(BuildError::RunFailed { command: argv.join(" "), code: ran.exit_code }),
-            Ok(ran) => sandbox.unmount(&step).and_then(|()| layer::commit_upper(&images, &ran.upper, &ran.lowers, epoch)),
+            Ok(ran) => match sandbox.unmount(&step) {
+                Ok(()) => layer_of(images, ran.upper, epoch).await,
+                Err(e) => Err(e),
+            },
             Err(e) => return Err(e),
         };
         sandbox.release(&step).await;
@@ -501,7 +539,7 @@ impl Run<'_> {
         Ok((root, paths))
     }
 
-    async fn copy_step(&mut self, state: &State, scope: &Scope, copy: &FileCopy, is_add: bool, line: usize) -> Result<LayerRecord, BuildError> {
+    async fn copy_step(&mut self, state: &State, scope: &Scope, copy: &FileCopy, is_add: bool, line: usize) -> Result<Option<Layer>, BuildError> {
         let file = self.dockerfile.file_name.clone();
         let look = |n: &str| scope.lookup(&state.config, n);
         let dest = self.expand_with(&copy.dest, &look, line)?;
@@ -560,7 +598,7 @@ impl Run<'_> {
                 }
                 None => None,
             };
-            let spec = layer::CopySpec {
+            let spec = CopySpec {
                 rootfs: mounted.rootfs.clone(),
                 dest: dest_path.clone(),
                 dest_is_dir,
@@ -578,13 +616,13 @@ impl Run<'_> {
                         }
                         paths.extend(matched);
                     }
-                    layer::copy_into(&spec, &paths, &[]).await
+                    copy::copy_into(&spec, &paths, &[]).await
                 }
                 (None, Some(_)) => {
                     let paths: Vec<PathBuf> = sources.iter().filter(|s| !s.contains("://")).map(PathBuf::from).collect();
                     let urls: Vec<String> = sources.iter().filter(|s| s.contains("://")).cloned().collect();
-                    layer::copy_into(&spec, &paths, &urls).await?;
-                    layer::write_heredocs(&spec, &heredocs)
+                    copy::copy_into(&spec, &paths, &urls).await?;
+                    copy::write_heredocs(&spec, &heredocs)
                 }
                 (None, None) => Ok(()),
             };
@@ -593,7 +631,7 @@ impl Run<'_> {
             }
             copied?;
             sandbox.unmount(&step)?;
-            layer::commit_upper(&images, &mounted.upper, &mounted.lowers, epoch)
+            layer_of(images, mounted.upper.clone(), epoch).await
         }
         .await;
         sandbox.release(&step).await;
@@ -621,17 +659,6 @@ impl Scope {
     /// The build args in scope that have a value: part of every key.
     fn values(&self) -> BTreeMap<String, String> {
         self.args.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect()
-    }
-}
-
-fn scratch_config() -> ImageConfig {
-    let platform = crate::images::manifest::host_platform();
-    ImageConfig {
-        architecture: platform.architecture,
-        os: platform.os,
-        config: Some(ContainerConfig { env: vec![DEFAULT_PATH.to_string()], ..Default::default() }),
-        rootfs: RootFs { fs_type: "layers".into(), diff_ids: Vec::new() },
-        ..Default::default()
     }
 }
 
@@ -721,7 +748,7 @@ fn glob_in(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, BuildError> {
                 let Ok(entries) = std::fs::read_dir(dir) else { continue };
                 let mut names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
                 names.sort();
-                next.extend(names.into_iter().filter(|n| layer::wildcard_match(&part, n)).map(|n| dir.join(n)));
+                next.extend(names.into_iter().filter(|n| copy::wildcard_match(&part, n)).map(|n| dir.join(n)));
             } else {
                 let candidate = dir.join(&part);
                 if std::fs::symlink_metadata(&candidate).is_ok() {
@@ -734,17 +761,17 @@ fn glob_in(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, BuildError> {
     Ok(current)
 }
 
-/// The image verbs beside build, on the image room's entry points.
+/// The image verbs beside build, on the image side of this room.
 impl Builder {
     pub fn tag(&self, source: &str, target: &str) -> Result<String, BuildError> {
-        Ok(self.inner.images.tag(source, target)?)
+        Ok(super::image::tag(&self.inner.images, source, target)?)
     }
 
     pub fn list_images(&self) -> Result<Vec<super::proto::Image>, BuildError> {
         let images = self.inner.images.list(None)?;
         Ok(images
             .into_iter()
-            .map(|i| super::proto::Image { id: i.id, repo_tags: i.repo_tags, repo_digests: i.repo_digests, size: i.size, created_seconds: 0 })
+            .map(|i| super::proto::Image { id: i.id, repo_tags: i.repo_tags, repo_digests: i.repo_digests, size: i.size })
             .collect())
     }
 
@@ -760,45 +787,152 @@ impl Builder {
     }
 
     pub fn inspect(&self, name: &str) -> Result<String, BuildError> {
-        let image = self.inner.images.status(name)?.ok_or_else(|| BuildError::NotFound(format!("No such image: {name}")))?;
-        let config = self.inner.images.config_json(&image.id)?;
-        let shown = serde_json::json!({
-            "Id": image.id,
-            "RepoTags": image.repo_tags,
-            "RepoDigests": image.repo_digests,
-            "Size": image.size,
-            "Created": config.get("created"),
-            "Architecture": config.get("architecture"),
-            "Os": config.get("os"),
-            "Config": config.get("config"),
-            "RootFS": config.get("rootfs"),
-        });
-        serde_json::to_string_pretty(&shown).map_err(|e| BuildError::Internal(e.to_string()))
+        let config = super::image::inspect(&self.inner.images, name)?;
+        serde_json::to_string_pretty(&config).map_err(|e| BuildError::Internal(format!("image config: {e}")))
     }
 
     pub fn history(&self, name: &str) -> Result<Vec<super::proto::HistoryEntry>, BuildError> {
-        let image = self.inner.images.status(name)?.ok_or_else(|| BuildError::NotFound(format!("No such image: {name}")))?;
-        let record = self.inner.images.image_record(&image.id)?.ok_or_else(|| BuildError::NotFound(format!("No such image: {name}")))?;
-        let config = self.inner.images.image_config(&image.id)?;
-        let mut layers = record.layers.iter();
-        let mut entries: Vec<super::proto::HistoryEntry> = config
-            .history
-            .iter()
-            .map(|h| {
-                let layer = if h.empty_layer { None } else { layers.next() };
-                super::proto::HistoryEntry {
-                    id: layer.map_or_else(|| "<missing>".to_string(), |l| l.digest.clone()),
-                    created_seconds: 0,
-                    created_by: h.created_by.clone().unwrap_or_default(),
-                    size: layer.map_or(0, |l| l.size),
-                    comment: h.comment.clone().unwrap_or_default(),
-                }
+        let rows = super::image::history(&self.inner.images, name)?;
+        let id = self.inner.images.status(name)?.map(|i| i.id).unwrap_or_default();
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .map(|(n, row)| super::proto::HistoryEntry {
+                id: if n == 0 { id.clone() } else { "<missing>".into() },
+                created: row.created.unwrap_or_default(),
+                created_by: row.created_by,
+                size: row.size,
+                comment: row.comment,
             })
-            .collect();
-        entries.reverse();
-        if let Some(top) = entries.first_mut() {
-            top.id = image.id;
+            .collect())
+    }
+
+    /// Commits a CRI container (by id or unique prefix) with `docker commit -c`
+    /// style changes; returns the new image's id.
+    pub async fn commit(&self, container: &str, reference: &str, changes: &[String], message: &str) -> Result<String, BuildError> {
+        let record = self
+            .inner
+            .pods
+            .container(container)
+            .map_err(|e| BuildError::Internal(e.to_string()))?
+            .ok_or_else(|| BuildError::NotFound(format!("No such container: {container}")))?;
+        let mut parsed = Vec::new();
+        for (index, change) in changes.iter().enumerate() {
+            parsed.extend(commit_change(change).map_err(|e| BuildError::Invalid(format!("changes[{index}]: {e}")))?);
         }
-        Ok(entries)
+        let options = super::commit::CommitOptions {
+            changes: parsed,
+            message: (!message.is_empty()).then(|| message.to_string()),
+            created_by: Some(record.spec.command.iter().chain(&record.spec.args).cloned().collect::<Vec<_>>().join(" ")),
+            names: if reference.is_empty() { Vec::new() } else { vec![reference.to_string()] },
+            ..Default::default()
+        };
+        let images = self.inner.images.clone();
+        tokio::task::spawn_blocking(move || super::commit::commit_container(&images, &record.id, &record.image_id, options))
+            .await
+            .map_err(|e| BuildError::Internal(format!("commit task: {e}")))?
+            .map_err(BuildError::from)
+    }
+
+    /// Streams an archive of the named images.
+    pub fn save(&self, names: Vec<String>) -> mpsc::Receiver<Result<Bytes, BuildError>> {
+        let (sender, receiver) = mpsc::channel(8);
+        let images = self.inner.images.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = ChannelWriter { sender: sender.clone() };
+            if let Err(e) = super::archive::save(&images, &names, std::io::BufWriter::with_capacity(1 << 20, out)) {
+                let _ = sender.blocking_send(Err(e.into()));
+            }
+        });
+        receiver
+    }
+
+    /// Loads an archive; returns the ids and the names of the images in it.
+    pub async fn load(&self, archive: std::fs::File) -> Result<(Vec<String>, Vec<String>), BuildError> {
+        let images = self.inner.images.clone();
+        let loaded = tokio::task::spawn_blocking(move || super::archive::load(&images, std::io::BufReader::new(archive)))
+            .await
+            .map_err(|e| BuildError::Internal(format!("load task: {e}")))??;
+        let ids = loaded.iter().map(|i| i.id.clone()).collect();
+        let names = loaded.into_iter().flat_map(|i| i.names).collect();
+        Ok((ids, names))
+    }
+}
+
+/// One `-c` change of commit, written as a Dockerfile instruction.
+fn commit_change(text: &str) -> Result<Vec<super::commit::Change>, String> {
+    use super::commit::Change;
+    let instruction = dockerfile::parse_trigger(text, '\\', "--change").map_err(|e| e.to_string())?;
+    let none = |_: &str| None;
+    let word = |w: &str| dockerfile::expand_word(w, '\\', &none).map_err(|e| e.to_string());
+    let shell_form = |form: &CommandForm| command_argv(form, &DEFAULT_SHELL.map(String::from));
+    Ok(match &instruction.kind {
+        InstructionKind::Cmd(form) => vec![Change::Cmd(shell_form(form))],
+        InstructionKind::Entrypoint(form) => vec![Change::Entrypoint(shell_form(form))],
+        InstructionKind::Env(pairs) => pairs.iter().map(|p| Ok(Change::Env { name: p.key.clone(), value: word(&p.value)? })).collect::<Result<_, String>>()?,
+        InstructionKind::Label(pairs) => pairs.iter().map(|p| Ok(Change::Label { key: word(&p.key)?, value: word(&p.value)? })).collect::<Result<_, String>>()?,
+        InstructionKind::Expose(ports) => ports.iter().map(|p| Ok(Change::Expose(word(p)?))).collect::<Result<_, String>>()?,
+        InstructionKind::Workdir(dir) => vec![Change::Workdir(word(dir)?)],
+        InstructionKind::User(user) => vec![Change::User(word(user)?)],
+        other => return Err(format!("{} cannot be applied by commit (CMD, ENTRYPOINT, ENV, WORKDIR, USER, EXPOSE, LABEL can)", other.keyword())),
+    })
+}
+
+/// Hands what the archive writer writes to the gRPC stream, chunk by chunk.
+struct ChannelWriter {
+    sender: mpsc::Sender<Result<Bytes, BuildError>>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sender
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The digests and diff ids of `layers`, to hold them against garbage collection.
+fn layer_keys(layers: &[LayerRecord]) -> Vec<String> {
+    layers.iter().flat_map(|l| [l.digest.clone(), l.diff_id.clone()]).collect()
+}
+
+fn rfc3339(seconds: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0) as u64);
+    crate::shim::rfc3339_nano(time)
+}
+
+/// The layer of a step's upper dir; `None` when the step changed no file.
+async fn layer_of(images: ImageService, upper: PathBuf, epoch: Option<i64>) -> Result<Option<Layer>, BuildError> {
+    let options = LayerOptions { source_date_epoch: epoch };
+    tokio::task::spawn_blocking(move || super::layer::create_layer(&images, &upper, TreeKind::OverlayUpper, &options))
+        .await
+        .map_err(|e| BuildError::Internal(format!("layer task: {e}")))?
+        .map_err(BuildError::from)
+}
+
+/// HEALTHCHECK as Docker stores it in the image config (durations in nanoseconds).
+fn healthcheck_json(check: &Healthcheck) -> serde_json::Value {
+    match check {
+        Healthcheck::None => serde_json::json!({ "Test": ["NONE"] }),
+        Healthcheck::Cmd { test, interval, timeout, start_period, start_interval, retries } => {
+            let test: Vec<String> = match test {
+                CommandForm::Exec(argv) => std::iter::once("CMD".to_string()).chain(argv.iter().cloned()).collect(),
+                CommandForm::Shell(text) => vec!["CMD-SHELL".to_string(), text.clone()],
+            };
+            let nanos = |d: &Option<std::time::Duration>| d.map(|d| d.as_nanos() as u64);
+            serde_json::json!({
+                "Test": test,
+                "Interval": nanos(interval),
+                "Timeout": nanos(timeout),
+                "StartPeriod": nanos(start_period),
+                "StartInterval": nanos(start_interval),
+                "Retries": retries,
+            })
+        }
     }
 }

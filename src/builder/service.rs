@@ -11,7 +11,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::BuildError;
+use super::{BuildError, BuilderError};
 use super::context::BuildContext;
 use super::executor::{BuildEvent, BuildOptions, Builder};
 use super::proto::{self, build_event, build_request, builder_server};
@@ -43,7 +43,14 @@ impl From<BuildError> for Status {
             BuildError::Invalid(_) => Code::InvalidArgument,
             BuildError::NotFound(_) => Code::NotFound,
             BuildError::Precondition(_) | BuildError::RunFailed { .. } => Code::FailedPrecondition,
-            BuildError::Image(e) => return Status::from(image_error(e)),
+            BuildError::Image(e) => return image_error(e),
+            BuildError::Builder(e) => match e {
+                BuilderError::Image(e) => return image_error(e),
+                BuilderError::InvalidArgument { .. } | BuilderError::InvalidArchive { .. } => Code::InvalidArgument,
+                BuilderError::NotFound(_) => Code::NotFound,
+                BuilderError::NoWritableLayer { .. } => Code::FailedPrecondition,
+                BuilderError::Content(_) | BuilderError::Io { .. } | BuilderError::Snapshot { .. } => Code::Internal,
+            },
             BuildError::Shim(_) => Code::Unavailable,
             BuildError::Store(_) | BuildError::Io { .. } | BuildError::Internal(_) => Code::Internal,
         };
@@ -155,7 +162,8 @@ impl builder_server::Builder for BuilderService {
         if request.container.is_empty() {
             return Err(Status::invalid_argument("container is required"));
         }
-        Err(Status::unimplemented("commit: not served by this berthd yet"))
+        let image_id = self.builder.commit(&request.container, &request.reference, &request.changes, &request.message).await?;
+        Ok(Response::new(proto::CommitResponse { image_id }))
     }
 
     async fn tag(&self, request: Request<proto::TagRequest>) -> Result<Response<proto::TagResponse>, Status> {
@@ -199,12 +207,21 @@ impl builder_server::Builder for BuilderService {
         if names.is_empty() {
             return Err(Status::invalid_argument("names: at least one image is required"));
         }
-        Err(Status::unimplemented("save: not served by this berthd yet"))
+        let chunks = self.builder.save(names);
+        Ok(Response::new(Box::pin(ReceiverStream::new(chunks).map(|chunk| match chunk {
+            Ok(data) => Ok(proto::Chunk { data: data.to_vec() }),
+            Err(e) => Err(Status::from(e)),
+        }))))
     }
 
     async fn load(&self, request: Request<Streaming<proto::Chunk>>) -> Result<Response<proto::LoadResponse>, Status> {
-        drop(request);
-        Err(Status::unimplemented("load: not served by this berthd yet"))
+        let mut incoming = request.into_inner();
+        let mut archive = BuildContext::receive_start(self.builder.context_dir())?;
+        while let Some(chunk) = incoming.message().await? {
+            archive.write(&chunk.data)?;
+        }
+        let (image_ids, names) = self.builder.load(archive.into_file()?).await?;
+        Ok(Response::new(proto::LoadResponse { image_ids, names }))
     }
 
     async fn inspect(&self, request: Request<proto::InspectRequest>) -> Result<Response<proto::InspectResponse>, Status> {

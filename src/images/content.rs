@@ -144,11 +144,16 @@ impl BlobWriter {
 }
 
 impl BlobWriter {
+    /// The digest and size of what was written so far.
+    pub fn written(&self) -> (Digest, u64) {
+        (Digest::from_hasher(self.hasher.clone()), self.written)
+    }
+
     /// Publishes a blob from `ContentStore::writer_computed` under the digest of
     /// what was written, and returns that digest and the size.
     pub fn commit_computed(mut self) -> Result<(Digest, u64), ContentError> {
-        self.expected = Digest::from_hasher(self.hasher.clone());
-        let (digest, size) = (self.expected.clone(), self.written);
+        let (digest, size) = self.written();
+        self.expected = digest.clone();
         self.commit()?;
         Ok((digest, size))
     }

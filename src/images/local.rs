@@ -29,6 +29,12 @@ pub struct ContentHold {
     _claim: Claim,
 }
 
+impl std::fmt::Debug for ContentHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContentHold")
+    }
+}
+
 impl ImageService {
     /// Holds `keys` (blob digests and diff ids) against garbage collection.
     pub fn hold(&self, keys: Vec<String>) -> ContentHold {

@@ -40,6 +40,7 @@ mod service;
 mod stdio;
 
 pub use client::{CreateTask, ExecOutput, Exit, ShimClient, ShimError, SpawnOptions, Stats, TaskState, TaskStatus};
+pub use cri_log::rfc3339_nano;
 
 /// The Task API's service names; containerd 2.0 renamed v2 to v3 without changing a message.
 pub const TASK_SERVICE_V2: &str = "containerd.task.v2.Task";
