@@ -55,6 +55,8 @@ pub struct Instruction {
 pub struct ArgDecl {
     pub name: String,
     pub default: Option<String>,
+    /// The line of the ARG instruction, for errors about global ARGs.
+    pub line: usize,
 }
 
 /// `KEY=value` of ENV and LABEL (and the legacy `ENV KEY value`).

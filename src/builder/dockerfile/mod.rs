@@ -46,7 +46,7 @@ mod plan;
 pub use ast::*;
 pub use expand::{ExpandError, expand_heredoc, expand_word, expand_words};
 pub use parse::{ParseError, parse, parse_trigger};
-pub use plan::{Base, BuildPlan, PlanError, PlannedStage, Scope, Step, plan};
+pub use plan::{Base, BuildPlan, PROXY_ARGS, PlanError, PlannedStage, Scope, Step, plan};
 
 #[cfg(test)]
 mod tests;

@@ -244,9 +244,6 @@ impl<'a> Parser<'a> {
             };
             return Err(self.error_at(line, start, message));
         }
-        if keyword == "FROM" {
-            return Err(self.error_at(line, start, "FROM is not allowed here"));
-        }
         let (mut flags, args_start) = self.flags(line, keyword_end, keyword)?;
         if keyword == "ONBUILD" {
             flags.finish()?;
@@ -313,7 +310,7 @@ impl<'a> Parser<'a> {
                     if name.is_empty() {
                         return Err(fail(offset, "ARG names can not be blank".into()));
                     }
-                    decls.push(ArgDecl { name: name.to_string(), default });
+                    decls.push(ArgDecl { name: name.to_string(), default, line: line.first_line() });
                 }
                 InstructionKind::Arg(decls)
             }
@@ -356,7 +353,8 @@ impl<'a> Parser<'a> {
                 if keyword == "COPY" { InstructionKind::Copy(copy) } else { InstructionKind::Add(copy) }
             }
             "HEALTHCHECK" => InstructionKind::Healthcheck(self.healthcheck(line, args_start, &mut flags)?),
-            other => unreachable!("keyword {other} is in KEYWORDS but has no parser"),
+            // Only FROM gets here, and `parse` handles it before calling this.
+            other => return Err(self.error_at(line, start, format!("{other} is not allowed here"))),
         };
         flags.finish()?;
         Ok(Instruction { line: line.first_line(), source: line.text[start..].to_string(), kind })
@@ -473,7 +471,7 @@ impl<'a> Parser<'a> {
                 while !line.text.is_char_boundary(offset.min(line.text.len())) {
                     offset -= 1;
                 }
-                Err(self.error_at(line, offset, format!("{keyword} has invalid JSON exec form: {reason}")))
+                Err(self.error_at(line, offset, format!("{keyword} has invalid JSON exec form: {reason} (write a JSON array of double-quoted strings)")))
             }
             Err(_) => Ok(None),
         }

@@ -271,7 +271,7 @@ impl Scope {
             (None, Some(default)) => Some(self.expand(default)?),
             (None, None) => self.globals.get(&decl.name).cloned().flatten(),
         };
-        Ok(ArgDecl { name: decl.name.clone(), default: value })
+        Ok(ArgDecl { name: decl.name.clone(), default: value, line: decl.line })
     }
 }
 
@@ -280,20 +280,20 @@ impl Scope {
 pub fn plan(dockerfile: &Dockerfile, build_args: &BTreeMap<String, String>, target: Option<&str>) -> Result<BuildPlan, PlanError> {
     let file = dockerfile.file_name.as_str();
     let invalid = |line: usize, message: String| PlanError::Invalid { file: file.to_string(), line, message };
+    if dockerfile.stages.is_empty() {
+        return Err(invalid(1, "no build stage: a Dockerfile needs a FROM".to_string()));
+    }
 
-    // The global scope is a stage scope whose declared ARGs are the global ones.
+    // The global scope is a stage scope whose declared ARGs are the
+    // automatic platform ARGs and the global ones.
     let automatic = platform_args();
     let mut global_scope = Scope::stage(file, dockerfile.escape, build_args, &automatic);
+    global_scope.args = automatic;
     for decl in &dockerfile.global_args {
-        let first_line = dockerfile.stages[0].line;
-        let resolved = global_scope.resolve_arg(decl).map_err(|error| PlanError::Expand { file: file.to_string(), line: first_line, error })?;
+        let resolved = global_scope.resolve_arg(decl).map_err(|error| PlanError::Expand { file: file.to_string(), line: decl.line, error })?;
         global_scope.args.insert(resolved.name, resolved.default);
     }
-    let mut globals = automatic;
-    globals.extend(global_scope.args.iter().map(|(k, v)| (k.clone(), v.clone())));
-    for (name, value) in &globals {
-        global_scope.args.entry(name.clone()).or_insert_with(|| value.clone());
-    }
+    let globals = global_scope.args.clone();
     let expand_global = |word: &str, line: usize| global_scope.expand(word).map_err(|error| PlanError::Expand { file: file.to_string(), line, error });
 
     let stage_names: Vec<Option<String>> = dockerfile.stages.iter().map(|s| s.name.clone()).collect();

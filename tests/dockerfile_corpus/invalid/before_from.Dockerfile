@@ -1,0 +1,3 @@
+# no stage yet
+RUN echo hi
+FROM busybox

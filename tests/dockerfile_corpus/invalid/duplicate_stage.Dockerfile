@@ -1,0 +1,2 @@
+FROM busybox AS one
+FROM alpine AS One

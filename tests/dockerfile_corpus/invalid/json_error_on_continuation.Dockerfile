@@ -1,0 +1,3 @@
+FROM busybox
+CMD ["a", \
+     "b",, "c"]

@@ -1,0 +1,2 @@
+FROM busybox
+RUN --mount=type=secret,id=token cat /run/secrets/token
