@@ -26,7 +26,7 @@ D
     check_match "first build ends with its id" '^Successfully built [0-9a-f]{12}$' "$out"
     out=$(berth build -t me/redis:latest "$dir" 2>&1)
     check_match "rebuild uses the cache" 'Using cache' "$out"
-    check_match "rebuild is tagged" '^Successfully tagged docker.io/me/redis:latest$' "$out"
+    check_match "rebuild is tagged" '^Successfully tagged me/redis:latest$' "$out"
     check_match "crictl images shows the tag" 'me/redis +latest' "$(cri images 2>&1)"
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use berth::builder::dockerignore::Dockerignore;
+use berth::builder::dockerignore::DockerIgnore;
 use berth::builder::proto::builder_client::BuilderClient;
 use berth::builder::proto::{self, build_event, build_request};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -352,8 +352,8 @@ fn build_options(
 /// by root (as Docker sends it), in name order.
 fn context_tar(root: &Path) -> Result<Vec<u8>, Failure> {
     let ignore = match std::fs::read_to_string(root.join(".dockerignore")) {
-        Ok(text) => Dockerignore::parse(&text).map_err(|e| format!(".dockerignore: {e}"))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Dockerignore::default(),
+        Ok(text) => DockerIgnore::parse(&text)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::default(),
         Err(e) => return Err(format!(".dockerignore: {e}").into()),
     };
     let mut builder = tar::Builder::new(Vec::new());
@@ -370,11 +370,10 @@ fn context_tar(root: &Path) -> Result<Vec<u8>, Failure> {
             let name = relative.join(entry.file_name());
             let shown = name.to_string_lossy().to_string();
             let meta = entry.path().symlink_metadata().map_err(|e| format!("{}: {e}", entry.path().display()))?;
-            if ignore.excludes(&shown, meta.is_dir()) {
-                // An excluded directory may still hold re-included files (`!dir/keep`).
-                if !(meta.is_dir() && ignore.may_include_below(&shown)) {
-                    continue;
-                }
+            // An excluded directory is still entered when an exception
+            // (`!dir/keep`) may put back something inside it.
+            if if meta.is_dir() { ignore.can_skip_dir(&shown) } else { ignore.matches(&shown) } {
+                continue;
             }
             let mut header = tar::Header::new_gnu();
             header.set_metadata(&meta);

@@ -144,7 +144,7 @@ impl Run<'_> {
 
     async fn all(&mut self) -> Result<String, BuildError> {
         let dockerfile = self.dockerfile;
-        for ArgDecl { name, default } in &dockerfile.global_args {
+        for ArgDecl { name, default, .. } in &dockerfile.global_args {
             let value = match self.options.build_args.get(name) {
                 Some(value) => Some(value.clone()),
                 None => match default {
