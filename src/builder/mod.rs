@@ -19,6 +19,7 @@ pub mod image;
 pub mod layer;
 pub mod run;
 pub mod service;
+pub mod verbs;
 
 mod build_error;
 mod error;
