@@ -41,7 +41,11 @@ run_image() {
         log_path: ($name + ".log"), linux: {}
     }' >"$SPECS/ctr-$name.json"
     # Built images exist only here: no registry holds them.
-    ctr=$(cri run --no-pull "$SPECS/ctr-$name.json" "$SPECS/pod-$name.json" 2> >(grep -v 'cgroup_parent is not set' >&2)) || return 1
+    ctr=$(cri run --no-pull "$SPECS/ctr-$name.json" "$SPECS/pod-$name.json" 2> >(grep -v 'cgroup_parent is not set' >&2)) || {
+        # crictl run makes the pod before the container; a failure leaves it.
+        cri rmp -f "$(cri pods -q --name "$name")" >/dev/null 2>&1
+        return 1
+    }
     ctr=$(tail -1 <<<"$ctr")
     for ((i = 0; i < 50; i++)); do
         [[ $(cri inspect -o json "$ctr" | jq -r .status.state) == CONTAINER_EXITED ]] && break

@@ -1,0 +1,204 @@
+//! `berth build` end to end: the real CLI against a real berthd whose RUN steps
+//! run through the shim and runc, with a busybox base image pulled from a real
+//! registry through a mirror. Needs root.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::{Berthd, BerthdConfig, TestImage, TestRegistry};
+
+const BERTH_BINARY: &str = env!("CARGO_BIN_EXE_berth");
+
+const LESSON: &str = r#"FROM busybox
+RUN echo "installing..." && mkdir -p /data && echo 5 > /data/mynumber
+CMD ["sh", "-c", "cat /data/mynumber; sleep 3600"]
+"#;
+
+async fn start() -> (TestRegistry, Berthd) {
+    let registry = TestRegistry::start().await;
+    registry.push("library/busybox", "latest", &TestImage::busybox()).await;
+    let berthd = Berthd::start(BerthdConfig::for_registry(&registry)).await;
+    (registry, berthd)
+}
+
+/// Runs the berth CLI against `berthd`, with `env` added to its environment.
+async fn berth(berthd: &Berthd, args: &[&str], env: &[(&str, &str)]) -> Output {
+    tokio::process::Command::new(BERTH_BINARY)
+        .arg("--socket")
+        .arg(berthd.socket())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run the berth CLI")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// A build context with these files.
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("context dir");
+    for (name, content) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+fn built_id(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("Successfully built "))
+        .unwrap_or_else(|| panic!("no 'Successfully built' in:\n{output}"))
+        .to_string()
+}
+
+fn cached_count(output: &str) -> usize {
+    output.lines().filter(|l| *l == " ---> Using cache").count()
+}
+
+/// Mounts, build state directories and cgroups a build may have left.
+fn build_leftovers(berthd: &Berthd) -> Vec<PathBuf> {
+    let builds = berthd.state().join("builds");
+    let mut left: Vec<PathBuf> = std::fs::read_dir(&builds).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    left.extend(mounts.lines().filter(|l| l.contains(builds.to_str().unwrap())).map(PathBuf::from));
+    left
+}
+
+#[test]
+fn the_lesson_builds_then_rebuilds_from_cache_and_crictl_sees_the_tag() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let dir = context(&[("Dockerfile", LESSON)]);
+        let path = dir.path().to_str().unwrap();
+
+        let first = berth(&berthd, &["build", path], &[]).await;
+        let out = text(&first);
+        assert!(first.status.success(), "first build failed:\n{out}\n{}", berthd.log());
+        assert!(out.contains("Step 1/3 : FROM busybox"), "{out}");
+        assert!(out.contains("Step 2/3 : RUN echo \"installing...\""), "{out}");
+        assert!(out.lines().any(|l| l == "installing..."), "RUN output not streamed:\n{out}");
+        assert_eq!(cached_count(&out), 0, "{out}");
+        let id = built_id(&out);
+        assert_eq!(id.len(), 12);
+
+        let second = berth(&berthd, &["build", "-t", "me/redis:latest", path], &[]).await;
+        let out = text(&second);
+        assert!(second.status.success(), "{out}");
+        assert_eq!(cached_count(&out), 2, "every step after FROM should be cached:\n{out}");
+        assert!(!out.lines().any(|l| l == "installing..."), "a cached RUN ran again:\n{out}");
+        assert_eq!(built_id(&out), id, "a fully cached rebuild gives the same image");
+        assert!(out.lines().any(|l| l == "Successfully tagged me/redis:latest"), "{out}");
+
+        let image = berthd.image_status("me/redis:latest").await.expect("CRI sees the built image by tag");
+        assert!(image.id.starts_with(&format!("sha256:{id}")), "{} vs {id}", image.id);
+        assert!(berthd.image_status(&id).await.is_some(), "CRI finds the image by id prefix");
+        assert!(build_leftovers(&berthd).is_empty(), "{:?}", build_leftovers(&berthd));
+    });
+}
+
+#[test]
+fn the_cache_survives_a_restart_and_a_changed_step_reruns_it_and_what_follows() {
+    common::run(|| async {
+        let (_registry, mut berthd) = start().await;
+        let dockerfile = "FROM busybox\nRUN echo one > /one\nCOPY file /file\nRUN echo two > /two\n";
+        let dir = context(&[("Dockerfile", dockerfile), ("file", "content")]);
+        let path = dir.path().to_str().unwrap();
+        let out = text(&berth(&berthd, &["build", path], &[]).await);
+        assert_eq!(cached_count(&out), 0, "{out}");
+
+        berthd.restart().await;
+        let out = text(&berth(&berthd, &["build", path], &[]).await);
+        assert_eq!(cached_count(&out), 3, "the cache is kept across restarts:\n{out}\n{}", berthd.log());
+
+        std::fs::write(dir.path().join("file"), "changed").unwrap();
+        let out = text(&berth(&berthd, &["build", path], &[]).await);
+        assert_eq!(cached_count(&out), 1, "a changed COPY source reruns it and the RUN after it:\n{out}");
+
+        let out = text(&berth(&berthd, &["builder", "prune"], &[]).await);
+        assert!(out.contains("Deleted build cache entries:"), "{out}");
+        let out = text(&berth(&berthd, &["build", path], &[]).await);
+        assert_eq!(cached_count(&out), 0, "prune empties the cache:\n{out}");
+    });
+}
+
+#[test]
+fn a_failing_run_exits_with_its_code_and_leaves_nothing_behind() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let dockerfile = "FROM busybox\nRUN echo fine > /fine\nRUN echo about to fail && exit 7\n";
+        let dir = context(&[("Dockerfile", dockerfile)]);
+        let path = dir.path().to_str().unwrap();
+        berthd.pull("busybox").await.expect("pull the base image");
+        let images_before = berthd.list_images(None).await.len();
+
+        let failed = berth(&berthd, &["build", "-t", "me/failing:1", path], &[]).await;
+        let out = text(&failed);
+        assert_eq!(failed.status.code(), Some(7), "{out}");
+        assert!(out.lines().any(|l| l == "about to fail"), "{out}");
+        assert!(out.contains("returned a non-zero code: 7"), "{out}");
+        assert_eq!(berthd.list_images(None).await.len(), images_before, "a failed build registers no image");
+        assert!(build_leftovers(&berthd).is_empty(), "{:?}", build_leftovers(&berthd));
+
+        let again = text(&berth(&berthd, &["build", path], &[]).await);
+        assert_eq!(cached_count(&again), 1, "the step before the failure stays cached:\n{again}");
+    });
+}
+
+#[test]
+fn source_date_epoch_makes_uncached_builds_reproducible() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let dockerfile = "FROM busybox\nRUN mkdir -p /out && echo same > /out/file\nCOPY data /data\nENV MODE=test\n";
+        let dir = context(&[("Dockerfile", dockerfile), ("data", "payload")]);
+        let path = dir.path().to_str().unwrap();
+        let epoch = [("SOURCE_DATE_EPOCH", "1700000000")];
+        let first = text(&berth(&berthd, &["build", "--no-cache", path], &epoch).await);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let second = text(&berth(&berthd, &["build", "--no-cache", path], &epoch).await);
+        assert_eq!(built_id(&first), built_id(&second), "the same content gives the same image:\n{first}\n{second}");
+    });
+}
+
+#[test]
+fn dockerignore_keeps_files_out_of_the_context() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let dir = context(&[
+            ("Dockerfile", "FROM busybox\nCOPY . /ctx/\nRUN find /ctx -type f | sort\n"),
+            (".dockerignore", "secret.txt\nlogs/*\n!logs/keep.log\n"),
+            ("secret.txt", "secret"),
+            ("logs/a.log", "a"),
+            ("logs/keep.log", "keep"),
+            ("src/main.c", "int main;"),
+        ]);
+        let out = text(&berth(&berthd, &["build", dir.path().to_str().unwrap()], &[]).await);
+        assert!(out.lines().any(|l| l == "/ctx/src/main.c"), "{out}");
+        assert!(out.lines().any(|l| l == "/ctx/logs/keep.log"), "{out}");
+        assert!(!out.contains("secret.txt") && !out.contains("a.log"), "ignored files reached the build:\n{out}");
+    });
+}
+
+#[test]
+fn bad_input_is_refused_with_a_message_naming_it() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let dir = context(&[("Dockerfile", "FROM busybox\nFROBNICATE now\n")]);
+        let out = berth(&berthd, &["build", dir.path().to_str().unwrap()], &[]).await;
+        assert!(!out.status.success());
+        assert!(text(&out).contains("Dockerfile:2"), "the error names the line:\n{}", text(&out));
+
+        let dir = context(&[("Dockerfile", "FROM busybox\nCOPY missing.txt /\n")]);
+        let out = berth(&berthd, &["build", dir.path().to_str().unwrap()], &[]).await;
+        assert!(text(&out).contains("missing.txt"), "{}", text(&out));
+
+        let out = berth(&berthd, &["build", "--target", "nope", dir.path().to_str().unwrap()], &[]).await;
+        assert!(text(&out).contains("nope"), "{}", text(&out));
+    });
+}
