@@ -202,3 +202,35 @@ fn bad_input_is_refused_with_a_message_naming_it() {
         assert!(text(&out).contains("nope"), "{}", text(&out));
     });
 }
+
+#[test]
+fn a_build_cut_short_by_a_crash_is_cleaned_up_at_restart() {
+    common::run(|| async {
+        let (_registry, mut berthd) = start().await;
+        let dir = context(&[("Dockerfile", "FROM busybox\nRUN echo started && sleep 3071\n")]);
+        let mut build = tokio::process::Command::new(BERTH_BINARY)
+            .arg("--socket")
+            .arg(berthd.socket())
+            .args(["build", dir.path().to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start berth build");
+        let mut stdout = tokio::io::BufReader::new(build.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line).await.unwrap();
+            assert!(read > 0, "the build ended before its RUN started:\n{}", berthd.log());
+            if line.trim() == "started" {
+                break;
+            }
+        }
+        assert!(!build_leftovers(&berthd).is_empty(), "the running step has its state");
+        berthd.kill9();
+        let _ = build.wait().await;
+        berthd.restart().await;
+        assert!(build_leftovers(&berthd).is_empty(), "left after restart: {:?}\n{}", build_leftovers(&berthd), berthd.log());
+        let sleeping = std::process::Command::new("pgrep").args(["-f", "sleep 3071"]).output().unwrap();
+        assert!(sleeping.stdout.is_empty(), "the step's process survived: {}", String::from_utf8_lossy(&sleeping.stdout));
+    });
+}

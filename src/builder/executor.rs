@@ -93,7 +93,9 @@ struct Run<'a> {
 }
 
 impl Builder {
-    pub fn new(config: &Config, images: ImageService, pods: crate::sandbox::PodService, store: Arc<crate::store::Store>) -> Result<Builder, BuildError> {
+    /// Opens the builder, first removing whatever builds a stopped berthd left.
+    pub async fn open(config: &Config, images: ImageService, pods: crate::sandbox::PodService, store: Arc<crate::store::Store>) -> Result<Builder, BuildError> {
+        StepSandbox::clean_up_after_crash(config, &images, &store).await?;
         let contexts = config.state.join("build-contexts");
         if contexts.exists() {
             std::fs::remove_dir_all(&contexts).map_err(BuildError::io(format!("clearing {}", contexts.display())))?;

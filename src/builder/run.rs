@@ -16,11 +16,16 @@ use crate::images::ImageService;
 use crate::oci::{self, ContainerSpec, HostFacts, ImageDefaults, NamespaceMode, PidNamespace, SandboxContext, Seccomp};
 use crate::sandbox::{files, netns, rootfs};
 use crate::shim::{CreateTask, ShimClient, SpawnOptions, cgroup_tree};
+use crate::store::Store;
 
 use super::BuildError;
 
 /// How often the step's log is read for new output while it runs.
 const OUTPUT_POLL: Duration = Duration::from_millis(50);
+/// The cgroup of a build's steps, followed by the build id.
+const BUILD_CGROUP_PREFIX: &str = "/berth/build-";
+/// Owners of build steps' leases on layers, followed by `<build id>:<step>`.
+const LEASE_PREFIX: &str = "build:";
 /// A RUN's private /dev/shm, as Docker sizes it.
 const SHM_OPTIONS: &str = "size=65536k";
 
@@ -139,10 +144,52 @@ impl StepSandbox {
             shim,
             images,
             dir: dir.to_path_buf(),
-            cgroup_parent: format!("/berth/build-{build_id}"),
+            cgroup_parent: format!("{BUILD_CGROUP_PREFIX}{build_id}"),
             netns,
             host: HostFacts::detect(),
         })
+    }
+
+    /// Removes what builds a stopped berthd was running left: their step
+    /// mounts, shims (and so containers), namespaces, cgroups, writable
+    /// snapshots and directories.
+    pub async fn clean_up_after_crash(config: &Config, images: &ImageService, store: &Store) -> Result<(), BuildError> {
+        let builds = config.state.join("builds");
+        let entries = match std::fs::read_dir(&builds) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(BuildError::io(format!("listing {}", builds.display()))(e)),
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let id = entry.file_name().to_string_lossy().to_string();
+            tracing::info!(build = %id, "cleaning up a build berthd did not finish");
+            if let Ok(steps) = std::fs::read_dir(dir.join("steps")) {
+                for step in steps.flatten() {
+                    let _ = rootfs::unmount(&step.path().join("rootfs"));
+                }
+            }
+            if let Ok(shim) = ShimClient::connect(&dir.join("shim")).await
+                && let Err(e) = shim.kill_and_shutdown().await
+            {
+                tracing::warn!(build = %id, error = %e, "stopping a left-over build shim");
+            }
+            let netns_path = dir.join("netns");
+            if netns_path.exists() {
+                let _ = netns::remove(&netns_path);
+            }
+            let cgroup = format!("{BUILD_CGROUP_PREFIX}{id}");
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cgroup_tree::remove(&cgroup)).await {
+                tracing::warn!(build = %id, error = %e, "removing a left-over build cgroup");
+            }
+            std::fs::remove_dir_all(&dir).map_err(BuildError::io(format!("removing {}", dir.display())))?;
+        }
+        for (owner, _) in store.leases()? {
+            if owner.starts_with(LEASE_PREFIX) {
+                images.release_rootfs(&owner)?;
+            }
+        }
+        Ok(())
     }
 
     fn bundle(&self, step: &str) -> PathBuf {
@@ -151,7 +198,7 @@ impl StepSandbox {
 
     /// The lease owner of a step's layers.
     fn owner(&self, step: &str) -> String {
-        format!("build:{}:{step}", self.dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+        format!("{LEASE_PREFIX}{}:{step}", self.dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
     }
 
     /// Runs `process` on `parent_layers` (diff ids, bottom first) and waits for
