@@ -225,3 +225,54 @@ fn copy_entry(source: &Path, target: &Path, owner: Option<(u32, u32)>, chmod: Op
     std::os::unix::fs::lchown(target, Some(uid), Some(gid)).map_err(io(target))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_follow_shell_rules() {
+        assert!(wildcard_match("*.txt", "a.txt"));
+        assert!(!wildcard_match("*.txt", "a.md"));
+        assert!(wildcard_match("?.c", "x.c"));
+        assert!(wildcard_match("[a-c]x", "bx"));
+        assert!(!wildcard_match("[!a-c]x", "bx"));
+        assert!(wildcard_match("a*b*c", "aXXbYc"));
+    }
+
+    #[test]
+    fn symlinks_in_the_image_resolve_inside_its_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("/real", root.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.path().join("real/up")).unwrap();
+        assert_eq!(resolve_in(root.path(), Path::new("/abs/file")), root.path().join("real/file"));
+        assert_eq!(resolve_in(root.path(), Path::new("/real/up/etc")), root.path().join("etc"));
+    }
+
+    #[tokio::test]
+    async fn copies_take_directory_contents_modes_and_owners() {
+        let source = tempfile::tempdir().unwrap();
+        let rootfs = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(source.path().join("dir/nested")).unwrap();
+        std::fs::write(source.path().join("dir/nested/f"), "content").unwrap();
+        std::fs::create_dir_all(rootfs.path().join("etc")).unwrap();
+        std::fs::write(rootfs.path().join("etc/passwd"), "app:x:1000:1001::/app:/bin/sh\n").unwrap();
+        let spec = CopySpec {
+            rootfs: rootfs.path().to_path_buf(),
+            dest: PathBuf::from("/target"),
+            dest_is_dir: true,
+            chown: Some("app".into()),
+            chmod: Some(0o600),
+            extract_archives: false,
+        };
+        copy_into(&spec, &[source.path().join("dir")], &[]).await.unwrap();
+        let copied = rootfs.path().join("target/nested/f");
+        assert_eq!(std::fs::read_to_string(&copied).unwrap(), "content", "a directory's contents, not the directory");
+        let meta = std::fs::metadata(&copied).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1000, 1001, 0o600));
+        let spec = CopySpec { chown: Some("nobody".into()), ..spec };
+        let error = copy_into(&spec, &[source.path().join("dir")], &[]).await.unwrap_err();
+        assert!(error.to_string().contains("no user \"nobody\""), "{error}");
+    }
+}

@@ -651,3 +651,69 @@ fn healthcheck_json(check: &Healthcheck) -> serde_json::Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step_of(dockerfile: &str, build_args: &[(&str, &str)]) -> Vec<Step> {
+        let parsed = dockerfile::parse(dockerfile, "Dockerfile").unwrap();
+        let args = build_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let plan = dockerfile::plan(&parsed, &args, None).unwrap();
+        let stage = plan.target();
+        let mut scope = stage.scope();
+        stage.instructions.iter().map(|i| scope.step(i).unwrap()).collect()
+    }
+
+    #[test]
+    fn keys_see_build_args_only_where_docker_does() {
+        let text = "FROM scratch\nARG V=1\nENV E=$V\nRUN echo $V\n";
+        let plain = step_of(text, &[]);
+        let given = step_of(text, &[("V", "2")]);
+        // ARG: the declaration alone; a new value does not invalidate it.
+        assert_eq!(key_text(&plain[0]), key_text(&given[0]));
+        assert!(key_args(&plain[0]).is_empty());
+        // ENV: by what it expands to.
+        assert_ne!(key_text(&plain[1]), key_text(&given[1]));
+        // RUN: as written, plus the build args it sees.
+        assert_eq!(key_text(&plain[2]), "RUN echo $V");
+        assert_eq!(key_args(&given[2]).get("V").map(String::as_str), Some("2"));
+    }
+
+    #[test]
+    fn run_heredocs_become_the_script_or_stay_for_the_shell() {
+        let shell = DEFAULT_SHELL.map(String::from).to_vec();
+        let heredoc = |name: &str, content: &str| dockerfile::Heredoc { name: name.into(), content: content.into(), expand: true };
+        let alone = run_argv(&CommandForm::Shell("<<EOF".into()), &[heredoc("EOF", "echo hi\n")], &shell);
+        assert_eq!(alone, ["/bin/sh", "-c", "echo hi\n"]);
+        let piped = run_argv(&CommandForm::Shell("cat <<EOF > /f".into()), &[heredoc("EOF", "x\n")], &shell);
+        assert_eq!(piped, ["/bin/sh", "-c", "cat <<EOF > /f\nx\nEOF"]);
+        let exec = run_argv(&CommandForm::Exec(vec!["ls".into(), "-l".into()]), &[], &shell);
+        assert_eq!(exec, ["ls", "-l"]);
+    }
+
+    #[test]
+    fn paths_are_cleaned_and_never_climb_above_the_root() {
+        assert_eq!(clean(Path::new("/app/./data/../x")), PathBuf::from("/app/x"));
+        assert_eq!(clean(Path::new("../../etc")), PathBuf::from("/etc"));
+        assert_eq!(clean(Path::new("relative/dir/")), PathBuf::from("/relative/dir"));
+    }
+
+    #[test]
+    fn globs_match_within_the_context_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.txt", "b.txt", "c.md", "sub/d.txt"] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, name).unwrap();
+        }
+        let names = |pattern: &str| -> Vec<String> {
+            glob_in(dir.path(), pattern).iter().map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string()).collect()
+        };
+        assert_eq!(names("*.txt"), ["a.txt", "b.txt"]);
+        assert_eq!(names("*/d.[tx]xt"), ["sub/d.txt"]);
+        assert_eq!(names("sub"), ["sub"]);
+        assert_eq!(names("../../../etc/passwd"), Vec::<String>::new());
+        assert_eq!(names("missing"), Vec::<String>::new());
+    }
+}
