@@ -157,7 +157,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, "one").unwrap();
-        let hash = || sources_hash(dir.path(), &[file.clone()]).unwrap();
+        let hash = || sources_hash(dir.path(), std::slice::from_ref(&file)).unwrap();
         let first = hash();
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
         std::fs::File::options().write(true).open(&file).unwrap().set_modified(later).unwrap();
