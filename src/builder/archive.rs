@@ -163,7 +163,8 @@ impl Staged {
     }
 
     fn resolve(&self, name: &str) -> Result<&Path, BuilderError> {
-        let mut name = normalise(name).ok_or_else(|| invalid_archive(format!("{name:?} is not a path inside the archive")))?;
+        let mut name =
+            normalise(name).ok_or_else(|| invalid_archive(format!("{name:?} is not a path inside the archive")))?;
         for _ in 0..=MAX_ALIAS_HOPS {
             if let Some(path) = self.files.get(&name) {
                 return Ok(path);

@@ -18,12 +18,18 @@ pub enum Change {
     /// Exec form; shell form is the caller's `["/bin/sh", "-c", line]`.
     Cmd(Vec<String>),
     Entrypoint(Vec<String>),
-    Env { name: String, value: String },
+    Env {
+        name: String,
+        value: String,
+    },
     Workdir(String),
     User(String),
     /// `80`, `80/tcp` or `53/udp`.
     Expose(String),
-    Label { key: String, value: String },
+    Label {
+        key: String,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -94,7 +100,8 @@ pub fn apply_change(config: &mut ContainerConfig, change: &Change) -> Result<(),
         }
         Change::Workdir(dir) => {
             let base = config.working_dir.clone().unwrap_or_else(|| "/".into());
-            config.working_dir = Some(if dir.starts_with('/') { dir.clone() } else { format!("{}/{dir}", base.trim_end_matches('/')) });
+            config.working_dir =
+                Some(if dir.starts_with('/') { dir.clone() } else { format!("{}/{dir}", base.trim_end_matches('/')) });
         }
         Change::User(user) => config.user = Some(user.clone()),
         Change::Expose(port) => {

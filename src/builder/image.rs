@@ -2,7 +2,8 @@
 //! (run defaults, rootfs diff ids, history) and an OCI manifest are written into
 //! the content store and the image is registered under its names, where CRI sees
 //! it at once. The image id is the config's digest, as for pulled images. Also
-//! what `inspect` and `history` show of a stored image.
+//! what `inspect` and `history` show of a stored image; tagging and removal are
+//! `ImageService::tag` and `ImageService::remove`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -142,7 +143,10 @@ pub fn write_image(images: &ImageService, draft: ImageDraft, names: &[String]) -
         index: None,
         config: config_descriptor.digest.to_string(),
         size: config_descriptor.size + layers.iter().map(|l| l.size).sum::<u64>(),
-        layers: layers.into_iter().map(|l| LayerRecord { media_type: oci_layer_media_type(&l.media_type), ..l }).collect(),
+        layers: layers
+            .into_iter()
+            .map(|l| LayerRecord { media_type: oci_layer_media_type(&l.media_type), ..l })
+            .collect(),
         user: config.config.as_ref().and_then(|c| c.user.clone()).filter(|u| !u.is_empty()),
         created_unix_nanos: unix_nanos(draft.source_date_epoch),
     };
@@ -150,11 +154,6 @@ pub fn write_image(images: &ImageService, draft: ImageDraft, names: &[String]) -
     // The steps' layers are referenced by the record now; their holds may go.
     drop(draft.steps);
     Ok(record.id)
-}
-
-/// Points the name `target` at the image `source` names; returns the stored name.
-pub fn tag(images: &ImageService, source: &str, target: &str) -> Result<String, BuilderError> {
-    Ok(images.tag(source, target)?)
 }
 
 /// The image config of the image `spec` names, as stored.
@@ -202,7 +201,13 @@ pub fn history(images: &ImageService, spec: &str) -> Result<Vec<HistoryRow>, Bui
     // Images made without history (some tools write none) still show their layers.
     for layer in layers {
         let size = layer_size(layer)?;
-        rows.push(HistoryRow { created: None, created_by: String::new(), size, comment: String::new(), empty_layer: false });
+        rows.push(HistoryRow {
+            created: None,
+            created_by: String::new(),
+            size,
+            comment: String::new(),
+            empty_layer: false,
+        });
     }
     rows.reverse();
     Ok(rows)

@@ -81,9 +81,8 @@ impl Layer {
 /// Writes the layer of `tree` into the image store and unpacks its snapshot.
 /// Returns `None` when the tree is empty: nothing changed, and an image records
 /// that as a history entry with `empty_layer`. Blocking: run it off the async
-/// runtime. The tree must not be mounted over while this reads it (a running
-/// container may write to it; a file that changes meanwhile is taken at the size
-/// it had when listed).
+/// runtime. A running container may write to the tree meanwhile: a file that
+/// changes is taken at the size it had when listed, one that vanishes is left out.
 pub fn create_layer(
     images: &ImageService,
     tree: &Path,
@@ -112,10 +111,17 @@ pub fn create_layer(
         });
         (written, unpacker.join())
     });
-    let unpacked = unpacked.map_err(|_| BuilderError::io(tree, "unpacking")(io::Error::other("the unpacker panicked")))?;
-    // A failed unpack breaks the pipe; its own error says why.
-    let stats = unpacked.map_err(|source| BuilderError::Snapshot { tree: tree.to_path_buf(), source })?;
-    let sink = sink?;
+    let unpacked =
+        unpacked.map_err(|_| BuilderError::io(tree, "unpacking")(io::Error::other("the unpacker panicked")))?;
+    let (sink, stats) = match (sink, unpacked) {
+        (Ok(sink), Ok(stats)) => (sink, stats),
+        // The unpacker stopped reading, so the pipe broke; its error says why.
+        (Err(BuilderError::Io { source, .. }), Err(unpack)) if source.kind() == io::ErrorKind::BrokenPipe => {
+            return Err(BuilderError::Snapshot { tree: tree.to_path_buf(), source: unpack });
+        }
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(unpack)) => return Err(BuilderError::Snapshot { tree: tree.to_path_buf(), source: unpack }),
+    };
     let diff_id = Digest::from_hasher(sink.diff);
     let blob = sink.gzip.finish().map_err(BuilderError::io(tree, "compressing the layer"))?;
     let (digest, size) = blob.written();
@@ -140,6 +146,17 @@ fn write_tar(tree: &Path, kind: TreeKind, options: &LayerOptions, sink: LayerSin
     let mut writer = TarWriter { builder: tar::Builder::new(sink), kind, options, first_paths: HashMap::new() };
     writer.append_children(tree, Path::new(""))?;
     writer.builder.into_inner().map_err(BuilderError::io(tree, "finishing the layer tar"))
+}
+
+/// What an entry holds besides its header.
+enum Body {
+    Directory,
+    File(File),
+    /// The path this file was first written under in the layer.
+    HardLink(PathBuf),
+    Symlink(PathBuf),
+    /// Character or block device, or fifo.
+    Device(EntryType),
 }
 
 struct TarWriter<'a> {
@@ -182,65 +199,92 @@ impl TarWriter<'_> {
             let whiteout = entry_path.with_file_name(format!("{WHITEOUT_PREFIX}{name}"));
             return self.append_marker(&whiteout, meta).map_err(write_err);
         }
-        let mut header = self.header(meta);
-        let xattrs = read_xattrs(path)?;
-        let opaque = self.kind == TreeKind::OverlayUpper
-            && file_type.is_dir()
-            && xattrs.iter().any(|(name, value)| name == OPAQUE_XATTR && value == b"y");
-        let xattrs: Vec<_> =
-            xattrs.into_iter().filter(|(name, _)| !OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))).collect();
-        if !xattrs.is_empty() {
-            let records: Vec<(String, &[u8])> =
-                xattrs.iter().map(|(name, value)| (format!("SCHILY.xattr.{name}"), value.as_slice())).collect();
-            self.builder
-                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
-                .map_err(BuilderError::io(path, "writing the layer tar"))?;
-        }
-        if file_type.is_dir() {
-            header.set_entry_type(EntryType::Directory);
-            self.builder.append_data(&mut header, entry_path, io::empty()).map_err(write_err)?;
-            if opaque {
-                self.append_marker(&entry_path.join(OPAQUE_WHITEOUT), meta)
-                    .map_err(BuilderError::io(path, "writing the layer tar"))?;
-            }
+        // Everything that may skip the entry comes before its PAX header, which
+        // would otherwise apply to the next entry.
+        let vanished = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+        let body = if file_type.is_dir() {
+            Body::Directory
         } else if file_type.is_file() {
             let key = (meta.dev(), meta.ino());
-            if meta.nlink() > 1 {
-                if let Some(first) = self.first_paths.get(&key) {
-                    header.set_entry_type(EntryType::Link);
-                    header.set_size(0);
-                    let first = first.clone();
-                    return self.builder.append_link(&mut header, entry_path, first).map_err(write_err);
-                }
-                self.first_paths.insert(key, entry_path.to_path_buf());
+            match self.first_paths.get(&key) {
+                Some(first) if meta.nlink() > 1 => Body::HardLink(first.clone()),
+                _ => match File::open(path) {
+                    Err(e) if vanished(&e) => return Ok(()),
+                    Err(e) => return Err(BuilderError::io(path, "opening")(e)),
+                    Ok(file) => {
+                        if meta.nlink() > 1 {
+                            self.first_paths.insert(key, entry_path.to_path_buf());
+                        }
+                        Body::File(file)
+                    }
+                },
             }
-            let file = File::open(path).map_err(BuilderError::io(path, "opening"))?;
-            header.set_entry_type(EntryType::Regular);
-            header.set_size(meta.len());
-            // Exactly the listed size: a file a running container changes meanwhile
-            // must not make the entry's data disagree with its header.
-            let data = file.take(meta.len()).chain(io::repeat(0)).take(meta.len());
-            self.builder.append_data(&mut header, entry_path, data).map_err(write_err)?;
         } else if file_type.is_symlink() {
-            let target = fs::read_link(path).map_err(BuilderError::io(path, "reading symlink"))?;
-            header.set_entry_type(EntryType::Symlink);
-            self.builder.append_link(&mut header, entry_path, target).map_err(write_err)?;
-        } else if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo() {
-            let entry_type = if file_type.is_char_device() {
-                EntryType::Char
-            } else if file_type.is_block_device() {
-                EntryType::Block
-            } else {
-                EntryType::Fifo
-            };
-            header.set_entry_type(entry_type);
-            if entry_type != EntryType::Fifo {
-                header.set_device_major(rustix::fs::major(meta.rdev())).map_err(BuilderError::io(path, "device number"))?;
-                header.set_device_minor(rustix::fs::minor(meta.rdev())).map_err(BuilderError::io(path, "device number"))?;
+            match fs::read_link(path) {
+                Err(e) if vanished(&e) => return Ok(()),
+                Err(e) => return Err(BuilderError::io(path, "reading symlink")(e)),
+                Ok(target) => Body::Symlink(target),
             }
-            self.builder.append_data(&mut header, entry_path, io::empty()).map_err(write_err)?;
+        } else if file_type.is_char_device() {
+            Body::Device(EntryType::Char)
+        } else if file_type.is_block_device() {
+            Body::Device(EntryType::Block)
+        } else if file_type.is_fifo() {
+            Body::Device(EntryType::Fifo)
         } else {
             tracing::debug!(path = %path.display(), "sockets cannot be archived; skipped");
+            return Ok(());
+        };
+
+        let xattrs = read_xattrs(path)?;
+        let opaque = self.kind == TreeKind::OverlayUpper
+            && matches!(body, Body::Directory)
+            && xattrs.iter().any(|(name, value)| name == OPAQUE_XATTR && value == b"y");
+        let xattrs: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .filter(|(name, _)| !OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p)))
+            .map(|(name, value)| (format!("SCHILY.xattr.{name}"), value.as_slice()))
+            .collect();
+        if !xattrs.is_empty() {
+            self.builder.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), *v))).map_err(write_err)?;
+        }
+
+        let write_err = BuilderError::io(path, "writing the layer tar");
+        let mut header = self.header(meta);
+        match body {
+            Body::Directory => {
+                header.set_entry_type(EntryType::Directory);
+                self.builder.append_data(&mut header, entry_path, io::empty()).map_err(write_err)?;
+                if opaque {
+                    self.append_marker(&entry_path.join(OPAQUE_WHITEOUT), meta)
+                        .map_err(BuilderError::io(path, "writing the layer tar"))?;
+                }
+            }
+            Body::File(file) => {
+                header.set_entry_type(EntryType::Regular);
+                header.set_size(meta.len());
+                // Exactly the listed size: a file a running container changes
+                // meanwhile must not make the entry's data disagree with its header.
+                let data = file.take(meta.len()).chain(io::repeat(0)).take(meta.len());
+                self.builder.append_data(&mut header, entry_path, data).map_err(write_err)?;
+            }
+            Body::HardLink(first) => {
+                header.set_entry_type(EntryType::Link);
+                self.builder.append_link(&mut header, entry_path, first).map_err(write_err)?;
+            }
+            Body::Symlink(target) => {
+                header.set_entry_type(EntryType::Symlink);
+                self.builder.append_link(&mut header, entry_path, target).map_err(write_err)?;
+            }
+            Body::Device(entry_type) => {
+                header.set_entry_type(entry_type);
+                if entry_type != EntryType::Fifo {
+                    let device_err = || BuilderError::io(path, "device number");
+                    header.set_device_major(rustix::fs::major(meta.rdev())).map_err(device_err())?;
+                    header.set_device_minor(rustix::fs::minor(meta.rdev())).map_err(device_err())?;
+                }
+                self.builder.append_data(&mut header, entry_path, io::empty()).map_err(write_err)?;
+            }
         }
         Ok(())
     }
@@ -281,7 +325,8 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, BuilderError> {
     let err = BuilderError::io(path, "reading extended attributes");
     let size = match rustix::fs::llistxattr_query(path) {
         Ok(size) => size,
-        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        // Not supported here, or the entry vanished since it was listed.
+        Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::NOENT) => return Ok(Vec::new()),
         Err(e) => return Err(err(e.into())),
     };
     let mut list = vec![0u8; size];

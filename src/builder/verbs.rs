@@ -11,7 +11,7 @@ use super::executor::{Builder, DEFAULT_SHELL, command_argv};
 /// The image verbs beside build, on the image side of this room.
 impl Builder {
     pub fn tag(&self, source: &str, target: &str) -> Result<String, BuildError> {
-        Ok(super::image::tag(&self.inner.images, source, target)?)
+        Ok(self.inner.images.tag(source, target)?)
     }
 
     pub fn list_images(&self) -> Result<Vec<super::proto::Image>, BuildError> {

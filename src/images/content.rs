@@ -141,9 +141,7 @@ impl BlobWriter {
         fs::rename(&temp, &target).map_err(io_err(&target))?;
         File::open(&self.blobs).and_then(|d| d.sync_all()).map_err(io_err(&self.blobs))
     }
-}
 
-impl BlobWriter {
     /// The digest and size of what was written so far.
     pub fn written(&self) -> (Digest, u64) {
         (Digest::from_hasher(self.hasher.clone()), self.written)

@@ -53,7 +53,12 @@ impl ImageService {
     /// Publishes a filled tree as the snapshot of `diff_id`. When that layer is
     /// already unpacked (the same content built twice) the new tree is discarded.
     /// The caller must have flushed the tree to disk (`unpack_layer` does).
-    pub fn commit_snapshot(&self, diff_id: &Digest, tree: PreparedSnapshot, stats: &UnpackStats) -> Result<(), ImageError> {
+    pub fn commit_snapshot(
+        &self,
+        diff_id: &Digest,
+        tree: PreparedSnapshot,
+        stats: &UnpackStats,
+    ) -> Result<(), ImageError> {
         let inner = &self.inner;
         let key = diff_id.to_string();
         // Serialises against GC and other commits of the same diff id, so that two
@@ -132,7 +137,8 @@ impl ImageService {
             None => Some(self.inner.snapshots.prepare()?),
         };
         let (stats, actual) = {
-            let mut tar = HashingReader { inner: compression.decoder(&mut tee).map_err(io_err)?, hasher: Sha256::new() };
+            let mut tar =
+                HashingReader { inner: compression.decoder(&mut tee).map_err(io_err)?, hasher: Sha256::new() };
             let stats = match &unpack_into {
                 Some(tree) => Some(
                     unpack_layer(&mut tar, tree.fs_path())

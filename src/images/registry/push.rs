@@ -64,7 +64,9 @@ impl BlobSource {
         let response = self.send(&url, || http.head(&url).timeout(SMALL_REQUEST_TIMEOUT)).await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(false),
-            _ => self.check_status(response, &url, || format!("{}@{}", self.repository, desc.digest)).await.map(|_| true),
+            _ => {
+                self.check_status(response, &url, || format!("{}@{}", self.repository, desc.digest)).await.map(|_| true)
+            }
         }
     }
 
@@ -73,22 +75,23 @@ impl BlobSource {
         let what = || format!("{}@{}", self.repository, desc.digest);
         let http = self.client.http(self.endpoint.skip_tls_verify);
         let start = format!("{}/{}/blobs/uploads/", self.endpoint.api_base, self.repository);
-        let response = self.send(&start, || http.post(&start).header(CONTENT_LENGTH, 0).timeout(SMALL_REQUEST_TIMEOUT)).await?;
+        let response =
+            self.send(&start, || http.post(&start).header(CONTENT_LENGTH, 0).timeout(SMALL_REQUEST_TIMEOUT)).await?;
         let response = self.check_status(response, &start, what).await?;
-        let location = response
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::Http {
+        let location =
+            response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| RegistryError::Http {
                 url: start.clone(),
                 status: response.status().as_u16(),
                 body: "the upload session was opened without a Location header".into(),
             })?;
         // The Location may be relative, and may carry a query (the session state)
         // that the digest is added to.
-        let mut url = reqwest::Url::parse(&start)
-            .and_then(|base| base.join(location))
-            .map_err(|e| RegistryError::Http { url: start.clone(), status: 202, body: format!("unusable upload Location {location:?}: {e}") })?;
+        let mut url =
+            reqwest::Url::parse(&start).and_then(|base| base.join(location)).map_err(|e| RegistryError::Http {
+                url: start.clone(),
+                status: 202,
+                body: format!("unusable upload Location {location:?}: {e}"),
+            })?;
         url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
         let url = url.to_string();
         tracing::debug!(digest = %desc.digest, size = desc.size, "uploading blob");
@@ -117,7 +120,8 @@ impl BlobSource {
             })
             .await?;
         let response = self.check_status(response, &url, || format!("{}:{tag_or_digest}", self.repository)).await?;
-        let stored = response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let stored =
+            response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         match stored {
             Some(stored) if stored != manifest.digest => {
                 let body = snippet(response).await;
