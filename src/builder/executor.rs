@@ -155,6 +155,11 @@ impl Run<'_> {
             last = Some(state);
         }
         let state = last.expect("a plan always has its target stage");
+        // Done with containers: the build's shim, namespace and cgroup go before
+        // the client hears of success.
+        if let Some(sandbox) = self.sandbox.take() {
+            sandbox.close().await;
+        }
         let draft = ImageDraft {
             config: state.config.config.clone().unwrap_or_default(),
             author: state.config.author.clone(),
