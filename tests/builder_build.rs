@@ -234,3 +234,86 @@ fn a_build_cut_short_by_a_crash_is_cleaned_up_at_restart() {
         assert!(sleeping.stdout.is_empty(), "the step's process survived: {}", String::from_utf8_lossy(&sleeping.stdout));
     });
 }
+
+/// Serves `body` to every HTTP request on 127.0.0.1 (inside the test's network
+/// namespace); returns the URL.
+async fn serve_file(body: &'static [u8]) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body).await;
+            });
+        }
+    });
+    format!("http://{address}/downloaded.txt")
+}
+
+fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder.append_data(&mut header, name, content.as_bytes()).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn copy_and_add_place_files_as_docker_does_and_run_sees_the_stage_settings() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let url = serve_file(b"from the network\n").await;
+        let dir = context(&[("a.txt", "a"), ("b.txt", "b"), ("c.md", "c"), ("tree/inner/deep.txt", "deep")]);
+        std::fs::write(dir.path().join("bundle.tar"), tar_of(&[("unpacked/one.txt", "one\n")])).unwrap();
+        let dockerfile = [
+            "FROM busybox",
+            r#"RUN echo "app:x:1000:1000::/home/app:/bin/sh" >> /etc/passwd && echo "app:x:1000:" >> /etc/group"#,
+            "COPY *.txt /globbed/",
+            "COPY tree /copied-tree",
+            "COPY --chown=app:app --chmod=600 a.txt /owned",
+            "ADD bundle.tar /extracted/",
+            // Docker gives downloads mode 600; the user below reads it.
+            &format!("ADD --chmod=644 {url} /net/"),
+            "COPY --from=busybox /bin/busybox /from-image/busybox",
+            "COPY <<DOC /heredoc.txt",
+            "written by a heredoc",
+            "DOC",
+            "ENV GREETING=hello",
+            "WORKDIR /work/dir",
+            "USER app",
+            r#"RUN ls /globbed /copied-tree/inner && stat -c '%U %a' /owned && cat /extracted/unpacked/one.txt /net/downloaded.txt /heredoc.txt && test -x /from-image/busybox && echo "$GREETING from $(pwd) as $(id -un)""#,
+        ]
+        .join("\n");
+        std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+        let out = berth(&berthd, &["build", "-t", "me/files:1", dir.path().to_str().unwrap()], &[]).await;
+        let text = text(&out);
+        assert!(out.status.success(), "{text}\n{}", berthd.log());
+        for expected in ["a.txt", "b.txt", "deep.txt", "app 600", "one", "from the network", "written by a heredoc", "hello from /work/dir as app"] {
+            assert!(text.lines().any(|l| l.trim() == expected), "missing line {expected:?} in:\n{text}");
+        }
+        assert!(!text.lines().any(|l| l.trim() == "c.md"), "the glob took c.md:\n{text}");
+    });
+}
+
+#[test]
+fn network_none_gives_run_only_loopback() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let dir = context(&[("Dockerfile", "FROM busybox\nRUN ls /sys/class/net\n")]);
+        let out = text(&berth(&berthd, &["build", "--network", "none", dir.path().to_str().unwrap()], &[]).await);
+        let interfaces: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("Step 2/2")).skip(1).take_while(|l| !l.starts_with(" --->")).collect();
+        assert_eq!(interfaces, ["lo"], "only loopback expected:\n{out}");
+    });
+}

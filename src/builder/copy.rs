@@ -89,30 +89,13 @@ fn resolve_in(root: &Path, path: &Path) -> PathBuf {
     root.join(resolved)
 }
 
+/// `--chown=user[:group]` by name or number, resolved in the image's account
+/// files as a container's user is. Docker: without a group, the gid is the uid.
 fn owner(rootfs: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
-    let (user, group) = chown.split_once(':').unwrap_or((chown, ""));
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = std::fs::read_to_string(resolve_in(rootfs, Path::new(file))).ok()?;
-        text.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.first() == Some(&name) && fields.len() > 3)
-                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
-                .flatten()
-        })
-    };
-    let (uid, primary) = match user.parse::<u32>() {
-        Ok(uid) => (uid, uid),
-        Err(_) => lookup("/etc/passwd", user).ok_or_else(|| BuildError::Invalid(format!("--chown={chown}: no user {user:?} in the image")))?,
-    };
-    let gid = if group.is_empty() {
-        if user.parse::<u32>().is_ok() { uid } else { primary }
-    } else {
-        match group.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => lookup("/etc/group", group).map(|(gid, _)| gid).ok_or_else(|| BuildError::Invalid(format!("--chown={chown}: no group {group:?} in the image")))?,
-        }
-    };
-    Ok((uid, gid))
+    let resolved = crate::oci::resolve_user(rootfs, chown, &Default::default())
+        .map_err(|e| BuildError::Invalid(format!("--chown={chown}: {e}")))?;
+    let gid = if chown.contains(':') { resolved.gid } else { resolved.uid };
+    Ok((resolved.uid, gid))
 }
 
 /// Copies `sources` (host paths) and downloads `urls` to the destination.
@@ -262,7 +245,7 @@ mod tests {
             rootfs: rootfs.path().to_path_buf(),
             dest: PathBuf::from("/target"),
             dest_is_dir: true,
-            chown: Some("app".into()),
+            chown: Some("app:1001".into()),
             chmod: Some(0o600),
             extract_archives: false,
         };
@@ -273,6 +256,6 @@ mod tests {
         assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1000, 1001, 0o600));
         let spec = CopySpec { chown: Some("nobody".into()), ..spec };
         let error = copy_into(&spec, &[source.path().join("dir")], &[]).await.unwrap_err();
-        assert!(error.to_string().contains("no user \"nobody\""), "{error}");
+        assert!(error.to_string().contains("--chown=nobody"), "{error}");
     }
 }
