@@ -317,3 +317,33 @@ fn network_none_gives_run_only_loopback() {
         assert_eq!(interfaces, ["lo"], "only loopback expected:\n{out}");
     });
 }
+
+#[test]
+fn push_uses_the_credentials_given_and_the_image_comes_back_after_rmi() {
+    common::run(|| async {
+        let base = TestRegistry::start().await;
+        base.push("library/busybox", "latest", &TestImage::busybox()).await;
+        let private = TestRegistry::start_basic("builder", "s3cret").await;
+        let config = BerthdConfig::for_registry(&base).insecure(&private.host());
+        let berthd = Berthd::start(config).await;
+        let target = format!("{}/me/pushed:1", private.host());
+        let dir = context(&[("Dockerfile", "FROM busybox\nRUN echo pushed > /marker\n")]);
+        let built = berth(&berthd, &["build", "-t", &target, dir.path().to_str().unwrap()], &[]).await;
+        assert!(built.status.success(), "{}", text(&built));
+
+        let anonymous = berth(&berthd, &["push", &target], &[]).await;
+        assert!(!anonymous.status.success(), "an anonymous push to a registry with auth must fail");
+        let pushed = berth(&berthd, &["push", "--creds", "builder:s3cret", &target], &[]).await;
+        let out = text(&pushed);
+        assert!(pushed.status.success(), "{out}\n{}", berthd.log());
+        assert!(out.contains(&format!("{target}: digest: sha256:")), "{out}");
+
+        let removed = berth(&berthd, &["rmi", &target], &[]).await;
+        assert!(removed.status.success(), "{}", text(&removed));
+        assert!(berthd.image_status(&target).await.is_none());
+        let auth = k8s_cri::v1::AuthConfig { username: "builder".into(), password: "s3cret".into(), ..Default::default() };
+        berthd.pull_with_auth(&target, Some(auth)).await.expect("pull the pushed image back");
+        let listed = text(&berth(&berthd, &["images"], &[]).await);
+        assert!(listed.lines().any(|l| l.contains("me/pushed") && l.contains(" 1 ")), "{listed}");
+    });
+}

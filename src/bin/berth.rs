@@ -91,7 +91,12 @@ enum Command {
         names: Vec<String>,
     },
     /// Push an image to its registry.
-    Push { name: String },
+    Push {
+        /// Registry credentials, as crictl pull takes them.
+        #[arg(long, value_name = "USERNAME[:PASSWORD]")]
+        creds: Option<String>,
+        name: String,
+    },
     /// Write images to an OCI image layout tar.
     Save {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
@@ -222,8 +227,16 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
             failed.map_or(Ok(()), Err)
         }
-        Command::Push { name } => {
-            let digest = client.push(proto::PushRequest { name: name.clone() }).await.map_err(status)?.into_inner().digest;
+        Command::Push { creds, name } => {
+            let (username, password) = match creds {
+                Some(creds) => match creds.split_once(':') {
+                    Some((user, password)) => (user.to_string(), password.to_string()),
+                    None => (creds, String::new()),
+                },
+                None => (String::new(), String::new()),
+            };
+            let request = proto::PushRequest { name: name.clone(), username, password };
+            let digest = client.push(request).await.map_err(status)?.into_inner().digest;
             println!("{name}: digest: {digest}");
             Ok(())
         }

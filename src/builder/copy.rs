@@ -113,7 +113,6 @@ pub async fn copy_into(spec: &CopySpec, sources: &[PathBuf], urls: &[String]) ->
     }
     let spec_dest = resolve_in(&spec.rootfs, &spec.dest);
     let (sources, dest_is_dir, extract, chmod) = (sources.to_vec(), spec.dest_is_dir, spec.extract_archives, spec.chmod);
-    let rootfs = spec.rootfs.clone();
     tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
         let io = |p: &Path| BuildError::io(format!("copying to {}", p.display()));
         for source in &sources {
@@ -143,7 +142,6 @@ pub async fn copy_into(spec: &CopySpec, sources: &[PathBuf], urls: &[String]) ->
                 std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io(&target))?;
             }
         }
-        let _ = rootfs;
         Ok(())
     })
     .await

@@ -192,11 +192,13 @@ impl builder_server::Builder for BuilderService {
     }
 
     async fn push(&self, request: Request<proto::PushRequest>) -> Result<Response<proto::PushResponse>, Status> {
-        let name = request.into_inner().name;
-        if name.is_empty() {
+        let request = request.into_inner();
+        if request.name.is_empty() {
             return Err(Status::invalid_argument("name is required"));
         }
-        let digest = self.builder.push(&name).await?;
+        let credentials = (!request.username.is_empty())
+            .then(|| crate::images::registry::Credentials::Basic { username: request.username, password: request.password });
+        let digest = self.builder.push(&request.name, credentials).await?;
         Ok(Response::new(proto::PushResponse { digest }))
     }
 

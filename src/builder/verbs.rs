@@ -29,8 +29,8 @@ impl Builder {
         Ok(self.inner.images.remove(name).await?)
     }
 
-    pub async fn push(&self, name: &str) -> Result<String, BuildError> {
-        Ok(self.inner.images.push(name, name, None).await?.to_string())
+    pub async fn push(&self, name: &str, credentials: Option<crate::images::registry::Credentials>) -> Result<String, BuildError> {
+        Ok(self.inner.images.push(name, name, credentials).await?.to_string())
     }
 
     pub fn inspect(&self, name: &str) -> Result<String, BuildError> {
