@@ -483,6 +483,8 @@ impl Progressive for PlainView {
 #[derive(Default)]
 struct LiveView {
     started: Option<Instant>,
+    /// Steps the build announced in all.
+    total: u32,
     steps: Vec<LiveStep>,
     tail: Vec<String>,
     drawn_lines: usize,
@@ -507,7 +509,7 @@ impl LiveView {
             frame.push_str(&format!("\x1b[{}A", self.drawn_lines));
         }
         let done = self.steps.iter().filter(|s| s.finished.is_some()).count();
-        let mut lines = vec![format!("[+] Building {:.1}s ({}/{})", started.elapsed().as_secs_f64(), done, self.steps.len())];
+        let mut lines = vec![format!("[+] Building {:.1}s ({done}/{})", started.elapsed().as_secs_f64(), self.total)];
         for step in &self.steps {
             let time = step.finished.unwrap_or_else(|| step.started.elapsed());
             let state = if step.cached { "CACHED".to_string() } else { format!("{:.1}s", time.as_secs_f64()) };
@@ -549,6 +551,7 @@ impl Progressive for LiveView {
             build_event::Event::Step(step) => {
                 self.close_running();
                 self.tail.clear();
+                self.total = step.total;
                 self.steps.push(LiveStep {
                     label: format!("[{}/{}] {}", step.number, step.total, step.instruction),
                     started: Instant::now(),
