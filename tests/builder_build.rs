@@ -347,3 +347,17 @@ fn push_uses_the_credentials_given_and_the_image_comes_back_after_rmi() {
         assert!(listed.lines().any(|l| l.contains("me/pushed") && l.contains(" 1 ")), "{listed}");
     });
 }
+
+#[test]
+fn onbuild_triggers_of_the_base_run_in_the_next_build() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let base = context(&[("Dockerfile", "FROM busybox\nONBUILD RUN echo triggered > /trigger\nONBUILD COPY input /input\n")]);
+        let built = berth(&berthd, &["build", "-t", "me/onbuild-base:1", base.path().to_str().unwrap()], &[]).await;
+        assert!(built.status.success(), "{}", text(&built));
+        let child = context(&[("Dockerfile", "FROM me/onbuild-base:1\nRUN cat /trigger /input\n"), ("input", "from the child's context\n")]);
+        let out = text(&berth(&berthd, &["build", child.path().to_str().unwrap()], &[]).await);
+        assert!(out.contains("Step 1/2 : FROM me/onbuild-base:1\n# Executing 2 build triggers\n"), "the triggers run with FROM:\n{out}");
+        assert!(out.lines().any(|l| l == "triggered") && out.lines().any(|l| l == "from the child's context"), "{out}");
+    });
+}

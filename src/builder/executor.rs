@@ -215,18 +215,23 @@ impl Run<'_> {
     async fn stage(&mut self, stage: &PlannedStage) -> Result<State, BuildError> {
         self.begin_step(&stage.source).await;
         let mut state = self.base_state(&stage.base).await?;
-        self.emit(BuildEvent::StepDone(state_id(&state.config))).await;
-
         let mut scope = stage.scope();
         scope.apply_base_env(&state.config.config.as_ref().map(|c| c.env.clone()).unwrap_or_default());
-        let mut instructions = Vec::new();
-        for trigger in take_onbuild(&mut state.config) {
-            let file = format!("ONBUILD trigger of {}", stage.source);
-            instructions.push(dockerfile::parse_trigger(&trigger, self.dockerfile.escape, &file).map_err(|e| BuildError::Invalid(e.to_string()))?);
+        // The base's ONBUILD triggers run as part of FROM, as in Docker, and are
+        // not handed down further.
+        let triggers = take_onbuild(&mut state.config);
+        if !triggers.is_empty() {
+            let note = format!("# Executing {} build trigger{}\n", triggers.len(), if triggers.len() == 1 { "" } else { "s" });
+            self.emit(BuildEvent::Output(OutputStream::Stdout, Bytes::from(note))).await;
         }
-        self.total += instructions.len() as u32;
-        instructions.extend(stage.instructions.iter().cloned());
-        for instruction in &instructions {
+        for trigger in triggers {
+            let file = format!("ONBUILD trigger of {}", stage.source);
+            let instruction = dockerfile::parse_trigger(&trigger, self.dockerfile.escape, &file).map_err(|e| BuildError::Invalid(e.to_string()))?;
+            let step = scope.step(&instruction).map_err(|e| BuildError::Invalid(e.to_string()))?;
+            state = self.step(state, stage.index, &step).await?;
+        }
+        self.emit(BuildEvent::StepDone(state_id(&state.config))).await;
+        for instruction in &stage.instructions {
             self.begin_step(&instruction.source).await;
             let step = scope.step(instruction).map_err(|e| BuildError::Invalid(e.to_string()))?;
             state = self.step(state, stage.index, &step).await?;
