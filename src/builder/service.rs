@@ -16,7 +16,6 @@ use super::context::BuildContext;
 use super::executor::{BuildEvent, BuildOptions, Builder};
 use super::proto::{self, build_event, build_request, builder_server};
 use super::run::{OutputStream, StepNetwork};
-use crate::images::ImageError;
 
 /// How many progress events may wait for a slow client before the build waits.
 const EVENT_BUFFER: usize = 256;
@@ -39,31 +38,22 @@ impl BuilderService {
 
 impl From<BuildError> for Status {
     fn from(error: BuildError) -> Status {
-        let code = match &error {
+        let code = match error {
+            // The image room's errors keep the codes the CRI edge gives them.
+            BuildError::Image(e) | BuildError::Builder(BuilderError::Image(e)) => return Status::from(e),
             BuildError::Invalid(_) => Code::InvalidArgument,
             BuildError::NotFound(_) => Code::NotFound,
             BuildError::Precondition(_) | BuildError::RunFailed { .. } => Code::FailedPrecondition,
-            BuildError::Image(e) => return image_error(e),
-            BuildError::Builder(e) => match e {
-                BuilderError::Image(e) => return image_error(e),
+            BuildError::Builder(ref e) => match e {
                 BuilderError::InvalidArgument { .. } | BuilderError::InvalidArchive { .. } => Code::InvalidArgument,
                 BuilderError::NotFound(_) => Code::NotFound,
                 BuilderError::NoWritableLayer { .. } => Code::FailedPrecondition,
-                BuilderError::Content(_) | BuilderError::Io { .. } | BuilderError::Snapshot { .. } => Code::Internal,
+                BuilderError::Image(_) | BuilderError::Content(_) | BuilderError::Io { .. } | BuilderError::Snapshot { .. } => Code::Internal,
             },
             BuildError::Shim(_) => Code::Unavailable,
             BuildError::Store(_) | BuildError::Io { .. } | BuildError::Internal(_) => Code::Internal,
         };
         Status::new(code, error.to_string())
-    }
-}
-
-/// The image room's errors keep the code the CRI edge gives them.
-fn image_error(error: &ImageError) -> Status {
-    match error.root() {
-        ImageError::NotFound { image } => Status::not_found(format!("image {image} not found")),
-        ImageError::InvalidReference(e) => Status::invalid_argument(e.to_string()),
-        _ => Status::internal(error.to_string()),
     }
 }
 
