@@ -132,6 +132,15 @@ D
     check_match "COPY --from brought the builder's file" '^made in the builder$' "$(run_image multi me/multi:1)"
     out=$(berth build --target builder -t me/multi:builder "$dir" 2>&1)
     check_match "--target builds that stage" '^Successfully tagged me/multi:builder$' "$out"
+    cat >"$dir/Dockerfile.scratch" <<'D'
+FROM busybox AS tools
+FROM scratch
+COPY --from=tools /bin/busybox /busybox
+CMD ["/busybox", "echo", "hello from scratch"]
+D
+    out=$(berth build -f "$dir/Dockerfile.scratch" -t me/scratch:1 "$dir" 2>&1)
+    check_match "FROM scratch with -f builds" '^Successfully tagged me/scratch:1$' "$out"
+    check_match "the scratch image runs" '^hello from scratch$' "$(run_image scratch me/scratch:1)"
 }
 
 # cached_steps OUTPUT: which steps (by number) were cached.
@@ -268,7 +277,7 @@ scenario_save_load() {
 setup_registry_and_daemon
 scenario "the lesson: build, cached rebuild, crictl images and run" scenario_lesson
 scenario "cri-tools' user image shape runs as its user" scenario_user_image
-scenario "multi-stage with COPY --from and --target" scenario_multi_stage
+scenario "multi-stage with COPY --from, --target, FROM scratch" scenario_multi_stage
 scenario "cache hits and misses over edits" scenario_cache_table
 scenario ".dockerignore" scenario_dockerignore
 scenario "a failing RUN" scenario_failing_run

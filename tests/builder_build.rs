@@ -361,3 +361,20 @@ fn onbuild_triggers_of_the_base_run_in_the_next_build() {
         assert!(out.lines().any(|l| l == "triggered") && out.lines().any(|l| l == "from the child's context"), "{out}");
     });
 }
+
+#[test]
+fn an_image_from_scratch_holds_only_what_was_copied() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let dir = context(&[
+            ("Dockerfile", "FROM busybox AS tools\nFROM scratch\nCOPY --from=tools /bin/busybox /busybox\nCOPY hello.txt /\nCMD [\"/busybox\", \"cat\", \"/hello.txt\"]\n"),
+            ("hello.txt", "hello from scratch\n"),
+        ]);
+        let built = berth(&berthd, &["build", "-t", "me/scratch:1", dir.path().to_str().unwrap()], &[]).await;
+        assert!(built.status.success(), "{}\n{}", text(&built), berthd.log());
+        let history = text(&berth(&berthd, &["history", "me/scratch:1"], &[]).await);
+        assert!(history.contains("COPY hello.txt /"), "{history}");
+        let image = berthd.image_status("me/scratch:1").await.expect("the scratch image is stored");
+        assert!(image.size < 4 * 1024 * 1024, "two files, not a base image: {} bytes", image.size);
+    });
+}

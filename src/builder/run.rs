@@ -58,15 +58,13 @@ pub struct RunResult {
     pub exit_code: i32,
     /// The overlay upper dir: what the RUN changed.
     pub upper: PathBuf,
-    /// The parent layers' trees, topmost first, for telling changes apart.
-    pub lowers: Vec<PathBuf>,
 }
 
 /// A step's mounted root filesystem.
 pub struct Mounted {
     pub rootfs: PathBuf,
+    /// The overlay upper dir: what the step changes.
     pub upper: PathBuf,
-    pub lowers: Vec<PathBuf>,
 }
 
 /// The shim and host files one build's RUN containers share.
@@ -242,23 +240,26 @@ impl StepSandbox {
         let _ = stopped_tx.send(true);
         let _ = follower.await;
         let exit = exit?;
-        Ok(RunResult { exit_code: exit.code, upper: mounted.upper, lowers: mounted.lowers })
+        Ok(RunResult { exit_code: exit.code, upper: mounted.upper })
     }
 
     /// Mounts an overlay of `parent_layers` (diff ids, bottom first) under a
     /// fresh writable snapshot at the step's bundle rootfs; `release` undoes it.
     pub async fn mount(&self, step: &str, parent_layers: &[String]) -> Result<Mounted, BuildError> {
-        if parent_layers.is_empty() {
-            return Err(BuildError::Precondition("this step needs a base image with files; the stage is FROM scratch with no layers yet".into()));
-        }
         let rootfs_dir = self.bundle(step).join("rootfs");
         std::fs::create_dir_all(&rootfs_dir).map_err(BuildError::io(format!("creating {}", rootfs_dir.display())))?;
-        let layers = self.images.prepare_layers(&self.owner(step), "build step", parent_layers)?;
+        let mut layers = self.images.prepare_layers(&self.owner(step), "build step", parent_layers)?;
+        if layers.lowerdirs.is_empty() {
+            // FROM scratch: overlayfs needs a lower layer, so an empty one stands in.
+            let empty = self.bundle(step).join("empty");
+            std::fs::create_dir_all(&empty).map_err(BuildError::io(format!("creating {}", empty.display())))?;
+            layers.lowerdirs.push(empty);
+        }
         if let Err(e) = rootfs::mount(&layers, &rootfs_dir) {
             self.release(step).await;
             return Err(BuildError::Internal(e.to_string()));
         }
-        Ok(Mounted { rootfs: rootfs_dir, upper: layers.upperdir, lowers: layers.lowerdirs })
+        Ok(Mounted { rootfs: rootfs_dir, upper: layers.upperdir })
     }
 
     /// Detaches a step's rootfs so that its upper dir is stable to read.
