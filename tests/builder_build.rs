@@ -308,13 +308,20 @@ fn copy_and_add_place_files_as_docker_does_and_run_sees_the_stage_settings() {
 }
 
 #[test]
-fn network_none_gives_run_only_loopback() {
+fn run_steps_get_the_network_asked_for() {
     common::run(|| async {
         let (_registry, berthd) = start().await;
-        let dir = context(&[("Dockerfile", "FROM busybox\nRUN ls /sys/class/net\n")]);
-        let out = text(&berth(&berthd, &["build", "--network", "none", dir.path().to_str().unwrap()], &[]).await);
-        let interfaces: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("Step 2/2")).skip(1).take_while(|l| !l.starts_with(" --->")).collect();
-        assert_eq!(interfaces, ["lo"], "only loopback expected:\n{out}");
+        let host = std::fs::read_link("/proc/thread-self/ns/net").unwrap().display().to_string();
+        let dockerfile = "FROM busybox\nRUN echo \"default $(readlink /proc/self/ns/net)\"\nRUN --network=none echo \"none $(readlink /proc/self/ns/net) $(ls /sys/class/net)\"\n";
+        let dir = context(&[("Dockerfile", dockerfile)]);
+        let path = dir.path().to_str().unwrap();
+        let out = text(&berth(&berthd, &["build", path], &[]).await);
+        assert!(out.lines().any(|l| l == format!("default {host}")), "a default RUN uses the host's network ({host}):\n{out}");
+        let none = out.lines().find(|l| l.starts_with("none ")).unwrap_or_else(|| panic!("{out}"));
+        assert!(!none.contains(&host) && none.ends_with(" lo"), "RUN --network=none gets its own namespace with only lo:\n{out}");
+
+        let out = text(&berth(&berthd, &["build", "--no-cache", "--network", "none", path], &[]).await);
+        assert!(!out.lines().any(|l| l == format!("default {host}")), "--network none applies to every RUN:\n{out}");
     });
 }
 

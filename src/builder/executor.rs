@@ -322,9 +322,6 @@ impl Run<'_> {
                 if !mounts.is_empty() {
                     return Err(self.invalid(line, "RUN --mount is not supported by this builder"));
                 }
-                if network.is_some_and(|n| n != dockerfile::RunNetwork::Default && Some(n) != self.run_network()) {
-                    return Err(self.invalid(line, "RUN --network must match the build's --network"));
-                }
                 let argv = run_argv(command, heredocs, &shell(c));
                 created_by = match command {
                     CommandForm::Shell(_) if !step.build_args.is_empty() => {
@@ -342,6 +339,11 @@ impl Run<'_> {
                     env,
                     working_dir: c.working_dir.clone().unwrap_or_default(),
                     user: c.user.clone().unwrap_or_default(),
+                    network: match network {
+                        Some(dockerfile::RunNetwork::None) => StepNetwork::None,
+                        Some(dockerfile::RunNetwork::Host) => StepNetwork::Host,
+                        Some(dockerfile::RunNetwork::Default) | None => self.options.network,
+                    },
                 };
                 layer = self.run_step(&state, &process, &argv).await?;
             }
@@ -368,18 +370,10 @@ impl Run<'_> {
         Ok(state)
     }
 
-    /// The network RUN steps get, as a Dockerfile names it.
-    fn run_network(&self) -> Option<dockerfile::RunNetwork> {
-        Some(match self.options.network {
-            StepNetwork::Host => dockerfile::RunNetwork::Host,
-            StepNetwork::None => dockerfile::RunNetwork::None,
-        })
-    }
-
     async fn sandbox(&mut self) -> Result<&StepSandbox, BuildError> {
         if self.sandbox.is_none() {
             let inner = &self.builder.inner;
-            self.sandbox = Some(StepSandbox::open(&inner.config, inner.images.clone(), &self.build_id, self.options.network).await?);
+            self.sandbox = Some(StepSandbox::open(&inner.config, inner.images.clone(), &self.build_id).await?);
         }
         Ok(self.sandbox.as_ref().expect("just opened"))
     }

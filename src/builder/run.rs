@@ -29,8 +29,9 @@ const LEASE_PREFIX: &str = "build:";
 /// A RUN's private /dev/shm, as Docker sizes it.
 const SHM_OPTIONS: &str = "size=65536k";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StepNetwork {
+    #[default]
     Host,
     /// A namespace of the build's own with only loopback.
     None,
@@ -51,6 +52,7 @@ pub struct RunProcess {
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
+    pub network: StepNetwork,
 }
 
 /// The finished container of a RUN whose writable layer is still held.
@@ -73,15 +75,17 @@ pub struct StepSandbox {
     images: ImageService,
     dir: PathBuf,
     cgroup_parent: String,
-    netns: Option<PathBuf>,
+    /// The namespace with only loopback that `--network none` steps share,
+    /// made when the first of them runs.
+    netns: tokio::sync::OnceCell<PathBuf>,
     host: HostFacts,
 }
 
 impl StepSandbox {
-    pub async fn open(config: &Config, images: ImageService, build_id: &str, network: StepNetwork) -> Result<StepSandbox, BuildError> {
+    pub async fn open(config: &Config, images: ImageService, build_id: &str) -> Result<StepSandbox, BuildError> {
         let dir = config.state.join("builds").join(build_id);
         std::fs::create_dir_all(&dir).map_err(BuildError::io(format!("creating {}", dir.display())))?;
-        let opened = Self::open_in(config, images, build_id, network, &dir).await;
+        let opened = Self::open_in(config, images, build_id, &dir).await;
         if opened.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -92,7 +96,6 @@ impl StepSandbox {
         config: &Config,
         images: ImageService,
         build_id: &str,
-        network: StepNetwork,
         dir: &Path,
     ) -> Result<StepSandbox, BuildError> {
         let write = |what: &str| BuildError::io(format!("writing the build's {what}"));
@@ -108,18 +111,6 @@ impl StepSandbox {
             Some(path) => path.clone(),
             None => std::env::current_exe().map_err(BuildError::io("locating berthd's own binary"))?.with_file_name("berth-shim"),
         };
-        let netns = match network {
-            StepNetwork::Host => None,
-            StepNetwork::None => {
-                let path = dir.join("netns");
-                let target = path.clone();
-                tokio::task::spawn_blocking(move || netns::create(&target))
-                    .await
-                    .map_err(|e| BuildError::Internal(format!("network namespace task: {e}")))?
-                    .map_err(|e| BuildError::Internal(format!("creating the build's network namespace: {e}")))?;
-                Some(path)
-            }
-        };
         let shim = ShimClient::spawn(&SpawnOptions {
             shim_binary,
             pod_id: format!("build-{build_id}"),
@@ -128,22 +119,13 @@ impl StepSandbox {
                 .ok_or_else(|| BuildError::Precondition(format!("runtime {}: not found", handler.path.display())))?,
             runtime_root: handler.root.clone().unwrap_or_else(|| config.state.join("runtime").join(&config.runtime.default_handler)),
         })
-        .await;
-        let shim = match shim {
-            Ok(shim) => shim,
-            Err(e) => {
-                if let Some(path) = &netns {
-                    let _ = netns::remove(path);
-                }
-                return Err(e.into());
-            }
-        };
+        .await?;
         Ok(StepSandbox {
             shim,
             images,
             dir: dir.to_path_buf(),
             cgroup_parent: format!("{BUILD_CGROUP_PREFIX}{build_id}"),
-            netns,
+            netns: tokio::sync::OnceCell::new(),
             host: HostFacts::detect(),
         })
     }
@@ -225,7 +207,11 @@ impl StepSandbox {
     ) -> Result<RunResult, BuildError> {
         let mounted = self.mount(step, parent_layers).await?;
         let (bundle, rootfs_dir) = (self.bundle(step), mounted.rootfs.clone());
-        let spec = self.spec(step, process, &rootfs_dir)?;
+        let netns = match process.network {
+            StepNetwork::Host => None,
+            StepNetwork::None => Some(self.empty_netns().await?),
+        };
+        let spec = self.spec(step, process, &rootfs_dir, netns)?;
         let json = serde_json::to_vec(&spec).map_err(|e| BuildError::Internal(format!("step spec: {e}")))?;
         std::fs::write(bundle.join("config.json"), json).map_err(BuildError::io("writing the step's config.json"))?;
 
@@ -282,12 +268,28 @@ impl StepSandbox {
         let _ = std::fs::remove_dir_all(&bundle);
     }
 
+    async fn empty_netns(&self) -> Result<&Path, BuildError> {
+        let path = self
+            .netns
+            .get_or_try_init(|| async {
+                let path = self.dir.join("netns");
+                let target = path.clone();
+                tokio::task::spawn_blocking(move || netns::create(&target))
+                    .await
+                    .map_err(|e| BuildError::Internal(format!("network namespace task: {e}")))?
+                    .map_err(|e| BuildError::Internal(format!("creating the build's network namespace: {e}")))?;
+                Ok::<_, BuildError>(path)
+            })
+            .await?;
+        Ok(path)
+    }
+
     /// Stops the shim and removes the build's namespace, cgroup and files.
     pub async fn close(self) {
         if let Err(e) = self.shim.kill_and_shutdown().await {
             tracing::warn!(error = %e, "stopping the build's shim");
         }
-        if let Some(path) = &self.netns
+        if let Some(path) = self.netns.get()
             && let Err(e) = netns::remove(path)
         {
             tracing::warn!(error = %e, "removing the build's network namespace");
@@ -302,7 +304,7 @@ impl StepSandbox {
     /// The spec of a pod container, adjusted for a build step: namespaces of its
     /// own for PID and IPC (no pause container holds them), a private /dev/shm,
     /// and the build's network namespace when it has one.
-    fn spec(&self, step: &str, process: &RunProcess, rootfs: &Path) -> Result<Spec, BuildError> {
+    fn spec(&self, step: &str, process: &RunProcess, rootfs: &Path, netns: Option<&Path>) -> Result<Spec, BuildError> {
         let context = SandboxContext {
             sandbox_id: format!("build-{step}"),
             hostname_path: self.dir.join("hostname"),
@@ -327,8 +329,8 @@ impl StepSandbox {
         if let Some(linux) = spec.linux_mut() {
             let mut namespaces = linux.namespaces().clone().unwrap_or_default();
             namespaces.push(new_namespace(LinuxNamespaceType::Ipc, None));
-            if let Some(path) = &self.netns {
-                namespaces.push(new_namespace(LinuxNamespaceType::Network, Some(path.clone())));
+            if let Some(path) = netns {
+                namespaces.push(new_namespace(LinuxNamespaceType::Network, Some(path.to_path_buf())));
             }
             linux.set_namespaces(Some(namespaces));
         }
