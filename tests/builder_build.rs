@@ -385,3 +385,31 @@ fn an_image_from_scratch_holds_only_what_was_copied() {
         assert!(image.size < 4 * 1024 * 1024, "two files, not a base image: {} bytes", image.size);
     });
 }
+
+#[test]
+fn run_mounts_give_caches_that_persist_context_binds_and_tmpfs() {
+    common::run(|| async {
+        let (_registry, berthd) = start().await;
+        let dockerfile = [
+            "FROM busybox",
+            "RUN --mount=type=cache,target=/cache echo run >> /cache/log && echo \"cache runs: $(wc -l < /cache/log)\"",
+            "RUN --mount=type=bind,source=data.txt,target=/mnt/data.txt cat /mnt/data.txt",
+            "RUN --mount=type=tmpfs,target=/scratch touch /scratch/x && ls /scratch",
+            "RUN test ! -s /cache/log && test ! -e /scratch/x && echo mounts left nothing in the image",
+        ]
+        .join("\n");
+        let dir = context(&[("Dockerfile", &dockerfile), ("data.txt", "bound from the context\n")]);
+        let path = dir.path().to_str().unwrap();
+        let first = text(&berth(&berthd, &["build", path], &[]).await);
+        for expected in ["cache runs: 1", "bound from the context", "x", "mounts left nothing in the image"] {
+            assert!(first.lines().any(|l| l == expected), "missing {expected:?}:\n{first}\n{}", berthd.log());
+        }
+        let again = text(&berth(&berthd, &["build", "--no-cache", path], &[]).await);
+        assert!(again.lines().any(|l| l == "cache runs: 2"), "the cache mount keeps its files between builds:\n{again}");
+
+        std::fs::write(dir.path().join("data.txt"), "changed\n").unwrap();
+        let changed = text(&berth(&berthd, &["build", path], &[]).await);
+        assert_eq!(cached_count(&changed), 1, "a changed bound file reruns its RUN and what follows:\n{changed}");
+        assert!(changed.lines().any(|l| l == "changed"), "{changed}");
+    });
+}

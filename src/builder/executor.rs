@@ -17,12 +17,14 @@ use super::dockerfile::{self, Base, BuildPlan, CommandForm, Dockerfile, FileCopy
 use super::copy::{self, CopySpec};
 use super::image::{BaseImage, ImageDraft};
 use super::layer::{Layer, LayerOptions, TreeKind};
-use super::run::{OutputStream, RunProcess, StepNetwork, StepSandbox};
+use super::run::{OutputStream, RunProcess, StepMount, StepNetwork, StepSandbox};
 use crate::config::Config;
 use crate::images::{ContentHold, ImageService};
 use crate::images::manifest::{ContainerConfig, History, ImageConfig};
 use crate::store::LayerRecord;
 
+/// Under berthd's root: the directories of `RUN --mount=type=cache`, by id.
+const CACHE_MOUNTS_DIR: &str = "build-cache-mounts";
 pub(super) const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -135,7 +137,13 @@ impl Builder {
         result
     }
 
+    /// Drops the build cache and the `RUN --mount=type=cache` directories;
+    /// returns how many cache entries there were.
     pub fn prune_cache(&self) -> Result<u32, BuildError> {
+        let mounts = self.inner.config.root.join(CACHE_MOUNTS_DIR);
+        if mounts.exists() {
+            std::fs::remove_dir_all(&mounts).map_err(BuildError::io(format!("removing {}", mounts.display())))?;
+        }
         self.inner.cache.prune()
     }
 }
@@ -247,6 +255,16 @@ impl Run<'_> {
                 let paths = self.context_sources(copy, step.line)?;
                 Some(sources_hash(&self.context.root(), &paths)?)
             }
+            // A RUN sees the context files it binds: they are part of its key.
+            InstructionKind::Run { mounts, .. } if mounts.iter().any(|m| m.kind == dockerfile::MountKind::Bind && m.from.is_none()) => {
+                let paths: Vec<PathBuf> = mounts
+                    .iter()
+                    .filter(|m| m.kind == dockerfile::MountKind::Bind && m.from.is_none())
+                    .map(|m| self.bind_source(m))
+                    .filter(|p| p.exists())
+                    .collect();
+                Some(sources_hash(&self.context.root(), &paths)?)
+            }
             _ => None,
         };
         let key = step_key(&state.key, &key_text(step), &key_args(step), sources.as_deref());
@@ -319,9 +337,8 @@ impl Run<'_> {
                 c.extra.insert("Healthcheck".into(), healthcheck_json(check));
             }
             InstructionKind::Run { command, heredocs, mounts, network } => {
-                if !mounts.is_empty() {
-                    return Err(self.invalid(line, "RUN --mount is not supported by this builder"));
-                }
+                let working_dir = c.working_dir.clone().unwrap_or_else(|| "/".into());
+                let mounts = self.run_mounts(mounts, &working_dir, line)?;
                 let argv = run_argv(command, heredocs, &shell(c));
                 created_by = match command {
                     CommandForm::Shell(_) if !step.build_args.is_empty() => {
@@ -339,6 +356,7 @@ impl Run<'_> {
                     env,
                     working_dir: c.working_dir.clone().unwrap_or_default(),
                     user: c.user.clone().unwrap_or_default(),
+                    mounts,
                     network: match network {
                         Some(dockerfile::RunNetwork::None) => StepNetwork::None,
                         Some(dockerfile::RunNetwork::Host) => StepNetwork::Host,
@@ -368,6 +386,52 @@ impl Run<'_> {
             ..Default::default()
         });
         Ok(state)
+    }
+
+    /// `RUN --mount`s as host paths: a cache directory kept under berthd's root
+    /// (by id, shared between builds), a file or directory of the context, or a
+    /// tmpfs.
+    fn run_mounts(&self, mounts: &[dockerfile::RunMount], working_dir: &str, line: usize) -> Result<Vec<StepMount>, BuildError> {
+        let mut out = Vec::new();
+        for mount in mounts {
+            let target = clean(&Path::new(working_dir).join(&mount.target));
+            out.push(match mount.kind {
+                dockerfile::MountKind::Tmpfs => StepMount::Tmpfs { target, size: mount.size },
+                dockerfile::MountKind::Cache => {
+                    if mount.from.is_some() {
+                        return Err(self.invalid(line, "RUN --mount=type=cache,from=... is not supported by this builder"));
+                    }
+                    let id = mount.id.clone().unwrap_or_else(|| target.display().to_string());
+                    let source = self.builder.inner.config.root.join(CACHE_MOUNTS_DIR).join(step_key("", &id, &BTreeMap::new(), None));
+                    if !source.exists() {
+                        std::fs::create_dir_all(&source).map_err(BuildError::io(format!("creating {}", source.display())))?;
+                        let mode = mount.mode.unwrap_or(0o755);
+                        std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                            .map_err(BuildError::io(format!("setting the mode of {}", source.display())))?;
+                        std::os::unix::fs::chown(&source, Some(mount.uid.unwrap_or(0)), Some(mount.gid.unwrap_or(0)))
+                            .map_err(BuildError::io(format!("setting the owner of {}", source.display())))?;
+                    }
+                    StepMount::Bind { source, target, readonly: mount.read_only }
+                }
+                dockerfile::MountKind::Bind => {
+                    if mount.from.is_some() {
+                        return Err(self.invalid(line, "RUN --mount=type=bind,from=... is not supported by this builder; bind the context or COPY --from"));
+                    }
+                    let source = self.bind_source(mount);
+                    if std::fs::symlink_metadata(&source).is_err() {
+                        return Err(self.invalid(line, format!("--mount source {:?}: not in the build context", mount.source.as_deref().unwrap_or("."))));
+                    }
+                    StepMount::Bind { source, target, readonly: mount.read_only }
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// The context path a bind mount takes (the whole context without `source`).
+    fn bind_source(&self, mount: &dockerfile::RunMount) -> PathBuf {
+        let relative = clean(Path::new(mount.source.as_deref().unwrap_or("/")));
+        self.context.root().join(relative.strip_prefix("/").unwrap_or(&relative))
     }
 
     async fn sandbox(&mut self) -> Result<&StepSandbox, BuildError> {

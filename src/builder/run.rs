@@ -53,6 +53,15 @@ pub struct RunProcess {
     pub working_dir: String,
     pub user: String,
     pub network: StepNetwork,
+    pub mounts: Vec<StepMount>,
+}
+
+/// What `RUN --mount` puts into a step's container; targets are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepMount {
+    /// A host directory or file (a cache directory, or part of the context).
+    Bind { source: PathBuf, target: PathBuf, readonly: bool },
+    Tmpfs { target: PathBuf, size: Option<u64> },
 }
 
 /// The finished container of a RUN whose writable layer is still held.
@@ -342,6 +351,26 @@ impl StepSandbox {
         shm.set_source(Some(PathBuf::from("shm")));
         shm.set_options(Some(["nosuid", "noexec", "nodev", "mode=1777", SHM_OPTIONS].map(String::from).to_vec()));
         mounts.push(shm);
+        for mount in &process.mounts {
+            let mut oci = OciMount::default();
+            match mount {
+                StepMount::Bind { source, target, readonly } => {
+                    oci.set_destination(target.clone());
+                    oci.set_typ(Some("bind".into()));
+                    oci.set_source(Some(source.clone()));
+                    oci.set_options(Some(vec!["rbind".into(), if *readonly { "ro" } else { "rw" }.into()]));
+                }
+                StepMount::Tmpfs { target, size } => {
+                    oci.set_destination(target.clone());
+                    oci.set_typ(Some("tmpfs".into()));
+                    oci.set_source(Some(PathBuf::from("tmpfs")));
+                    let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+                    options.extend(size.map(|bytes| format!("size={bytes}")));
+                    oci.set_options(Some(options));
+                }
+            }
+            mounts.push(oci);
+        }
         spec.set_mounts(Some(mounts));
         Ok(spec)
     }
