@@ -187,7 +187,7 @@ impl builder_server::Builder for BuilderService {
             return Err(Status::invalid_argument("name is required"));
         }
         let credentials = (!request.username.is_empty())
-            .then(|| crate::images::registry::Credentials::Basic { username: request.username, password: request.password });
+            .then_some(crate::images::registry::Credentials::Basic { username: request.username, password: request.password });
         let digest = self.builder.push(&request.name, credentials).await?;
         Ok(Response::new(proto::PushResponse { digest }))
     }
