@@ -82,7 +82,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let images = ImageService::open(&config, store.clone())?;
     let pods = PodService::open(&config, store.clone(), images.clone()).await?;
     tracing::info!(root = %config.root.display(), state = %config.state.display(), "berthd starting");
-    berth::cri::serve(&config, images, pods, shutdown_signal()).await?;
+    let builder = berth::builder::executor::Builder::open(&config, images.clone(), pods.clone(), store.clone()).await?;
+    berth::cri::serve(&config, images, pods, builder, shutdown_signal()).await?;
     tracing::info!("berthd stopped");
     Ok(())
 }

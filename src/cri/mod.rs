@@ -44,6 +44,7 @@ pub async fn serve(
     config: &Config,
     images: ImageService,
     pods: PodService,
+    builder: crate::builder::executor::Builder,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let path = &config.socket;
@@ -61,6 +62,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(CriRuntimeService::new(config.clone(), pods, streaming)))
         .add_service(ImageServiceServer::new(CriImageService::new(images)))
+        .add_service(crate::builder::service::BuilderService::server(builder))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(path) {

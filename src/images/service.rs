@@ -259,20 +259,27 @@ impl ImageService {
     /// neither survives as garbage nor is collected while the owner lives, even if
     /// the image itself is removed.
     pub fn prepare_rootfs(&self, owner: &str, image_id: &str) -> Result<RootfsLayers, ImageError> {
-        let inner = &self.inner;
         let record = self.find(image_id)?.ok_or_else(|| ImageError::NotFound { image: image_id.to_string() })?;
-        let mut lowerdirs = Vec::with_capacity(record.layers.len());
+        let diff_ids: Vec<String> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
+        self.prepare_layers(owner, &record.id, &diff_ids)
+    }
+
+    /// Like `prepare_rootfs`, over layers given by diff id, bottom first (a build
+    /// step's parent is not an image yet). `reference` names them in errors.
+    pub fn prepare_layers(&self, owner: &str, reference: &str, diff_ids: &[String]) -> Result<RootfsLayers, ImageError> {
+        let inner = &self.inner;
+        let mut lowerdirs = Vec::with_capacity(diff_ids.len());
         // Held across reading the snapshot records and writing the lease, so GC
         // can't take a layer in between.
         let _gc = inner.claims.lock().expect("claim table poisoned");
-        for layer in record.layers.iter().rev() {
-            let snapshot = inner.store.snapshot(&layer.diff_id)?.ok_or_else(|| ImageError::InvalidImage {
-                reference: record.id.clone(),
-                reason: format!("layer {} is not unpacked", layer.diff_id),
+        for diff_id in diff_ids.iter().rev() {
+            let snapshot = inner.store.snapshot(diff_id)?.ok_or_else(|| ImageError::InvalidImage {
+                reference: reference.to_string(),
+                reason: format!("layer {diff_id} is not unpacked"),
             })?;
             lowerdirs.push(inner.snapshots.fs_path(snapshot.id));
         }
-        let id = inner.store.lease_with_new_snapshot(owner, record.layers.iter().map(|l| l.diff_id.clone()).collect())?;
+        let id = inner.store.lease_with_new_snapshot(owner, diff_ids.to_vec())?;
         let (upperdir, workdir) = inner.snapshots.create_writable(id)?;
         Ok(RootfsLayers { lowerdirs, upperdir, workdir })
     }

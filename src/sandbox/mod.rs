@@ -13,3 +13,4 @@ mod service;
 
 pub use error::SandboxError;
 pub use service::PodService;
+pub(crate) use service::find_in_path;

@@ -1074,7 +1074,7 @@ fn image_defaults(config: &ImageConfig) -> ImageDefaults {
 }
 
 /// A bare program name is looked up in `PATH`, as a shell would; a path is kept.
-fn find_in_path(program: &Path) -> Option<PathBuf> {
+pub(crate) fn find_in_path(program: &Path) -> Option<PathBuf> {
     if program.components().count() > 1 {
         return Some(program.to_path_buf());
     }

@@ -31,12 +31,15 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
 /// Container id -> the sandbox room's JSON record.
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+/// Build cache key -> the builder room's JSON cache entry.
+const BUILD_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("build_cache");
 
 /// The record kinds this database keeps for other rooms, as JSON they define.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Pod,
     Container,
+    BuildCache,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
         match self {
             Kind::Pod => PODS,
             Kind::Container => CONTAINERS,
+            Kind::BuildCache => BUILD_CACHE,
         }
     }
 }
@@ -79,6 +83,7 @@ impl Store {
             txn.open_table(LEASES).map_err(db_err)?;
             txn.open_table(PODS).map_err(db_err)?;
             txn.open_table(CONTAINERS).map_err(db_err)?;
+            txn.open_table(BUILD_CACHE).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store { db })

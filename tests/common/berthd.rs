@@ -173,6 +173,15 @@ impl Berthd {
         &self.root
     }
 
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
+    /// The socket serving CRI and the builder service.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// An empty directory outside berthd's root that hostile layers aim at.
     pub fn sentinel(&self) -> &Path {
         &self.sentinel

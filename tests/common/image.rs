@@ -318,6 +318,24 @@ impl TestImage {
         .env(&format!("BERTH_TEST_MARKER={marker}"))
     }
 
+    /// A busybox image from the host's busybox-static: the binary, a link per
+    /// applet, root's account files and a sticky /tmp, as the crictl tests make it.
+    pub fn busybox() -> TestImage {
+        let binary = std::fs::read("/bin/busybox").expect("read /bin/busybox (Debian package busybox-static)");
+        let applets = std::process::Command::new("/bin/busybox").arg("--list-full").output().expect("busybox --list-full");
+        let mut entries = vec![Entry::File { path: "bin/busybox".into(), data: binary, mode: 0o755 }];
+        for dir in ["sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "proc", "sys", "dev"] {
+            entries.push(Entry::dir(dir));
+        }
+        entries.push(Entry::Dir { path: "tmp".into(), mode: 0o1777 });
+        for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| *a != "bin/busybox") {
+            entries.push(Entry::symlink(applet, "/bin/busybox"));
+        }
+        entries.push(Entry::file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"));
+        entries.push(Entry::file("etc/group", "root:x:0:\nnogroup:x:65534:\n"));
+        TestImage::new(vec![TestLayer::new(&entries, Compression::Gzip)]).cmd(&["sh"])
+    }
+
     pub fn user(mut self, user: &str) -> TestImage {
         self.user = Some(user.to_owned());
         self
