@@ -69,6 +69,9 @@ done
 berth_cold=$(printf '%s\n' "${cold[@]}" | median)
 berth_cached=$(printf '%s\n' "${cached[@]}" | median)
 printf '  berth   median: cold %6.3f s  cached %6.3f s\n' "$berth_cold" "$berth_cached"
+# The issue's target for a fully cached rebuild: under 0.1 s.
+if awk "BEGIN {exit !($berth_cached < 0.1)}"; then verdict=met; else verdict=MISSED; fi
+echo "build.sh: target: fully cached rebuild under 0.1 s: $verdict"
 
 if ! command -v buildah >/dev/null; then
     echo "build.sh: buildah not installed (Debian package buildah); no comparison"
@@ -94,5 +97,8 @@ buildah_cached=$(printf '%s\n' "${cached[@]}" | median)
 printf '  buildah median: cold %6.3f s  cached %6.3f s\n' "$buildah_cold" "$buildah_cached"
 printf 'build.sh: berth/buildah time ratio: cold %.2f, cached %.2f (below 1: berth is faster)\n' \
     "$(calc "$berth_cold / $buildah_cold")" "$(calc "$berth_cached / $buildah_cached")"
+# The issue's target for a cold build: at most half of buildah's time.
+if awk "BEGIN {exit !($berth_cold <= 0.5 * $buildah_cold)}"; then verdict=met; else verdict=MISSED; fi
+echo "build.sh: target: cold build at most half of buildah's: $verdict"
 buildah_cmd rmi -a -f >/dev/null 2>&1
 findmnt -rn -o TARGET | grep -F "$storage" | sort -r | xargs -r umount -l
