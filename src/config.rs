@@ -94,6 +94,24 @@ pub struct RegistryConfig {
     /// Hosts (`host` or `host:port`) reached over plain http, or over https without
     /// certificate verification.
     pub insecure: Vec<String>,
+    /// Credentials per endpoint host (`host` or `host:port`, as berthd connects to
+    /// it), used when a request brings none of its own: pulls without a CRI
+    /// `AuthConfig`, and `berth push`.
+    pub auths: BTreeMap<String, RegistryAuth>,
+}
+
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+/// The password stays out of logs and error messages.
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth").field("username", &self.username).field("password", &"<redacted>").finish()
+    }
 }
 
 impl Default for Config {
@@ -173,6 +191,22 @@ mod tests {
     #[test]
     fn empty_file_is_all_defaults() {
         assert_eq!(toml::from_str::<Config>("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn registry_credentials_parse_and_never_print() {
+        let c: Config = toml::from_str(
+            r#"
+            [registry.auths."127.0.0.1:5000"]
+            username = "ci"
+            password = "s3cret"
+            "#,
+        )
+        .unwrap();
+        let auth = &c.registry.auths["127.0.0.1:5000"];
+        assert_eq!((auth.username.as_str(), auth.password.as_str()), ("ci", "s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(toml::from_str::<Config>("[registry.auths.h]\nusername = \"u\"\n").is_err(), "a password is required");
     }
 
     #[test]

@@ -247,6 +247,27 @@ fn basic_auth_credentials_from_the_pull_request() {
 }
 
 #[test]
+fn credentials_from_the_config_when_the_request_has_none() {
+    common::run(|| async {
+        let registry = TestRegistry::start_basic(USER, PASSWORD).await;
+        let pushed = registry.push("private/app", "v1", &TestImage::small("configured")).await;
+        let berthd =
+            Berthd::start(BerthdConfig::default().insecure(&registry.host()).auth(&registry.host(), USER, PASSWORD)).await;
+        let reference = format!("{}/private/app:v1", registry.host());
+        let image = berthd
+            .pull(&reference)
+            .await
+            .unwrap_or_else(|s| panic!("pull with the config's credentials: {s:?}\n{}", berthd.log()));
+        assert_eq!(image, pushed.image_id);
+
+        berthd.remove_image(&reference).await.expect("remove");
+        let wrong = AuthConfig { username: USER.into(), password: "wrong".into(), ..Default::default() };
+        berthd.pull_with_auth(&reference, Some(wrong)).await.expect_err("the request's own credentials come first");
+        assert!(!berthd.log().contains(PASSWORD), "the configured password must not reach the log");
+    });
+}
+
+#[test]
 fn bearer_token_auth_through_the_token_server() {
     common::run(|| async {
         let registry = TestRegistry::start_token(USER, PASSWORD).await;

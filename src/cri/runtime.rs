@@ -219,7 +219,12 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
                 "socket": self.config.socket,
                 "sandboxImage": self.config.sandbox_image,
                 "maxConcurrentDownloads": self.config.max_concurrent_downloads,
-                "registry": { "mirrors": self.config.registry.mirrors, "insecure": self.config.registry.insecure },
+                "registry": {
+                    "mirrors": self.config.registry.mirrors,
+                    "insecure": self.config.registry.insecure,
+                    // Which hosts have credentials, never the credentials.
+                    "authsFor": self.config.registry.auths.keys().collect::<Vec<_>>(),
+                },
                 "cni": { "confDir": self.config.cni.conf_dir, "binDirs": self.config.cni.bin_dirs },
                 "runtime": {
                     "defaultHandler": self.config.runtime.default_handler,

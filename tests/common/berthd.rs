@@ -28,6 +28,8 @@ pub struct BerthdConfig {
     pub mirrors: Vec<(String, Vec<String>)>,
     pub sandbox_image: Option<String>,
     pub max_concurrent_downloads: Option<u32>,
+    /// `[registry.auths]`: endpoint host → (username, password).
+    pub auths: Vec<(String, String, String)>,
 }
 
 impl BerthdConfig {
@@ -60,6 +62,12 @@ impl BerthdConfig {
         self
     }
 
+    /// Credentials berthd uses for `host` when a request brings none.
+    pub fn auth(mut self, host: &str, username: &str, password: &str) -> BerthdConfig {
+        self.auths.push((host.to_owned(), username.to_owned(), password.to_owned()));
+        self
+    }
+
     fn to_toml(&self, root: &Path, state: &Path, socket: &Path) -> String {
         let path_value = |p: &Path| toml::Value::String(p.to_str().expect("UTF-8 temp path").to_owned());
         let strings = |items: &[String]| toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect());
@@ -80,6 +88,14 @@ impl BerthdConfig {
             mirrors.insert(host.clone(), strings(endpoints));
         }
         registry.insert("mirrors".into(), toml::Value::Table(mirrors));
+        let mut auths = toml::Table::new();
+        for (host, username, password) in &self.auths {
+            let mut auth = toml::Table::new();
+            auth.insert("username".into(), toml::Value::String(username.clone()));
+            auth.insert("password".into(), toml::Value::String(password.clone()));
+            auths.insert(host.clone(), toml::Value::Table(auth));
+        }
+        registry.insert("auths".into(), toml::Value::Table(auths));
         table.insert("registry".into(), toml::Value::Table(registry));
         toml::to_string(&table).expect("serialise berthd config")
     }

@@ -155,6 +155,8 @@ struct ClientInner {
     unverified: reqwest::Client,
     mirrors: BTreeMap<String, Vec<Arc<Endpoint>>>,
     insecure: Vec<String>,
+    /// The config's credentials per endpoint authority, for requests without their own.
+    auths: BTreeMap<String, Arc<Credentials>>,
     tokens: TokenCache,
 }
 
@@ -182,6 +184,15 @@ impl RegistryClient {
                 unverified,
                 mirrors,
                 insecure: config.insecure.clone(),
+                auths: config
+                    .auths
+                    .iter()
+                    .map(|(host, auth)| {
+                        let credentials =
+                            Credentials::Basic { username: auth.username.clone(), password: auth.password.clone() };
+                        (host.clone(), Arc::new(credentials))
+                    })
+                    .collect(),
                 tokens: TokenCache::default(),
             }),
         })
@@ -214,6 +225,14 @@ impl RegistryClient {
             .map_err(|last| most_telling(reference, failures, last))
     }
 
+    /// The request's own credentials, else the config's for that endpoint.
+    fn credentials_for(&self, endpoint: &Endpoint, given: Option<&Credentials>) -> Option<Arc<Credentials>> {
+        match given {
+            Some(credentials) => Some(Arc::new(credentials.clone())),
+            None => self.inner.auths.get(&endpoint.authority).cloned(),
+        }
+    }
+
     async fn resolve_at(
         &self,
         endpoint: Arc<Endpoint>,
@@ -223,9 +242,9 @@ impl RegistryClient {
     ) -> Result<Resolved, (String, RegistryError)> {
         let source = BlobSource {
             client: self.clone(),
+            credentials: self.credentials_for(&endpoint, credentials),
             endpoint,
             repository: reference.repository().into(),
-            credentials: credentials.cloned().map(Arc::new),
             scheme: Arc::default(),
             actions: "pull",
         };

@@ -34,11 +34,12 @@ impl RegistryClient {
         blobs: &[PushBlob],
         manifest: &RawManifest,
     ) -> Result<Digest, RegistryError> {
+        let endpoint = Arc::new(Endpoint::upstream(target.registry(), &self.inner.insecure));
         let destination = BlobSource {
             client: self.clone(),
-            endpoint: Arc::new(Endpoint::upstream(target.registry(), &self.inner.insecure)),
+            credentials: self.credentials_for(&endpoint, credentials),
+            endpoint,
             repository: target.repository().into(),
-            credentials: credentials.cloned().map(Arc::new),
             scheme: Arc::default(),
             actions: "pull,push",
         };

@@ -274,6 +274,7 @@ fn insecure_client(registry: &TestRegistry, mirrors: &[(&str, Vec<String>)]) -> 
     RegistryClient::new(&RegistryConfig {
         mirrors: mirrors.iter().map(|(host, urls)| (host.to_string(), urls.clone())).collect(),
         insecure: vec![registry.authority.clone()],
+        ..Default::default()
     })
     .unwrap()
 }
@@ -564,7 +565,7 @@ async fn bearer_tokens_are_fetched_cached_per_credentials_and_not_leaked_on_redi
         .await
     };
     let authority = registry.trim_start_matches("http://").to_string();
-    let client = RegistryClient::new(&RegistryConfig { mirrors: BTreeMap::new(), insecure: vec![authority.clone()] }).unwrap();
+    let client = RegistryClient::new(&RegistryConfig { insecure: vec![authority.clone()], ..Default::default() }).unwrap();
     let image = reference(&format!("{authority}/team/app"));
     let user = Credentials::Basic { username: "user".into(), password: "pass".into() };
     let amd64 = platform("linux", "amd64", None);
@@ -613,7 +614,7 @@ async fn unavailable_answers_are_retried_with_backoff() {
         .await
     };
     let authority = base.trim_start_matches("http://").to_string();
-    let client = RegistryClient::new(&RegistryConfig { mirrors: BTreeMap::new(), insecure: vec![authority.clone()] }).unwrap();
+    let client = RegistryClient::new(&RegistryConfig { insecure: vec![authority.clone()], ..Default::default() }).unwrap();
     let started = Instant::now();
     client.resolve(&reference(&format!("{authority}/a:b")), None, &host_platform()).await.unwrap();
     assert_eq!(seen.lock().unwrap().len(), 3);
@@ -621,7 +622,7 @@ async fn unavailable_answers_are_retried_with_backoff() {
 
     let (base, seen) = serve(|_| (502, vec![], b"bad gateway".to_vec())).await;
     let authority = base.trim_start_matches("http://").to_string();
-    let client = RegistryClient::new(&RegistryConfig { mirrors: BTreeMap::new(), insecure: vec![authority.clone()] }).unwrap();
+    let client = RegistryClient::new(&RegistryConfig { insecure: vec![authority.clone()], ..Default::default() }).unwrap();
     let err = client.resolve(&reference(&format!("{authority}/a:b")), None, &host_platform()).await.unwrap_err();
     assert!(matches!(&err, RegistryError::Http { status: 502, body, .. } if body == "bad gateway"), "{err}");
     assert_eq!(seen.lock().unwrap().len(), 4);
