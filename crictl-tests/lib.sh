@@ -90,6 +90,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# remove_run_pod_cgroups: the (empty) cgroups berthd left of the pods a scenario file
+# recorded in WORKDIR/pod-ids, deepest first; for after the daemon has stopped.
+remove_run_pod_cgroups() {
+    local dir
+    [[ -s $WORKDIR/pod-ids ]] || return 0
+    find /sys/fs/cgroup -depth -mindepth 2 -type d -path '*/berth/*' 2>/dev/null |
+        grep -F -f "$WORKDIR/pod-ids" | while read -r dir; do rmdir "$dir" 2>/dev/null; done
+}
+
 # ---------------------------------------------------------------- registry
 
 free_port() {

@@ -813,10 +813,7 @@ daemon_configure
 # after the scenarios have counted them.
 remove_pod_cgroups() {
     local dir
-    if [[ -s $WORKDIR/pod-ids ]]; then
-        find /sys/fs/cgroup -depth -mindepth 2 -type d -path '*/berth/*' 2>/dev/null |
-            grep -F -f "$WORKDIR/pod-ids" | while read -r dir; do rmdir "$dir" 2>/dev/null; done
-    fi
+    remove_run_pod_cgroups
     if [[ -n $LEAK_CGROUP_PARENT ]]; then
         find /sys/fs/cgroup -depth -mindepth 2 -type d -path "*$LEAK_CGROUP_PARENT*" 2>/dev/null |
             while read -r dir; do rmdir "$dir" 2>/dev/null; done

@@ -320,28 +320,18 @@ cat >>"$WORKDIR/berth/config.toml" <<END_OF_STREAMING_CONFIG
 address = "127.0.0.1:$STREAMING_PORT"
 END_OF_STREAMING_CONFIG
 sed -i "s|^conf_dir = .*|conf_dir = \"$WORKDIR/berth/cni\"|" "$WORKDIR/berth/config.toml"
-# A shim's socket path must stay under 108 bytes: the state gets a short directory of
-# its own (runc refuses a rootfs reached through a symlink), cleaned up on exit.
-SHORT_STATE=$(mktemp -d /run/bss.XXXXXX)
-sed -i "s|^state = .*|state = \"$SHORT_STATE\"|" "$WORKDIR/berth/config.toml"
-DAEMON_STATE=$SHORT_STATE
-remove_short_state_then_cleanup() {
-    local status=$? mount_point dir
+# Pods go through the daemon and their cgroups after it; lib.sh's cleanup then
+# unmounts and removes the rest of the work directory.
+remove_pods_then_cleanup() {
+    local status=$?
     trap '' INT TERM
     remove_all_pods
     daemon_stop quiet
-    findmnt -rn -o TARGET | grep -F "$SHORT_STATE/" | sort -r | while read -r mount_point; do
-        umount -l "$mount_point" 2>/dev/null
-    done
-    if [[ -s $WORKDIR/pod-ids ]]; then
-        find /sys/fs/cgroup -depth -mindepth 2 -type d -path '*/berth/*' 2>/dev/null |
-            grep -F -f "$WORKDIR/pod-ids" | while read -r dir; do rmdir "$dir" 2>/dev/null; done
-    fi
-    rm -rf "$SHORT_STATE"
+    remove_run_pod_cgroups
     (exit "$status")
     cleanup
 }
-trap remove_short_state_then_cleanup EXIT
+trap remove_pods_then_cleanup EXIT
 daemon_start || die "$CRI_DAEMON did not start; log: $(tail -20 "$DAEMON_LOG")"
 cri pull "$BUSYBOX" >/dev/null || die "could not pull $BUSYBOX"
 
