@@ -27,6 +27,22 @@ pub struct Config {
     pub cni: CniSettings,
     pub runtime: RuntimeConfig,
     pub streaming: StreamingConfig,
+    pub builder: BuilderSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuilderSettings {
+    /// The largest body an `ADD <url>` takes; it streams to disk, never to memory.
+    pub max_download_bytes: u64,
+    /// An `ADD <url>` whose server sends nothing for this long fails its step.
+    pub download_stall_timeout_seconds: u64,
+}
+
+impl Default for BuilderSettings {
+    fn default() -> Self {
+        BuilderSettings { max_download_bytes: 8 << 30, download_stall_timeout_seconds: 60 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -126,6 +142,7 @@ impl Default for Config {
             cni: CniSettings::default(),
             runtime: RuntimeConfig::default(),
             streaming: StreamingConfig::default(),
+            builder: BuilderSettings::default(),
         }
     }
 }

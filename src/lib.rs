@@ -5,6 +5,7 @@ pub mod builder;
 pub mod config;
 pub mod cri;
 pub mod images;
+pub mod inroot;
 pub mod oci;
 pub mod sandbox;
 pub mod shim;

@@ -29,6 +29,13 @@ pub enum BuildError {
     Internal(String),
 }
 
+/// The walks of `crate::inroot` name the path in their errors.
+impl From<std::io::Error> for BuildError {
+    fn from(source: std::io::Error) -> BuildError {
+        BuildError::Io { context: "reading a file tree".into(), source }
+    }
+}
+
 impl BuildError {
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
         let context = context.into();

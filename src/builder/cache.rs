@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::BuildError;
 use crate::images::ImageService;
+use crate::inroot::{self, Kind as EntryKind, Root, WalkEntry};
 use crate::images::digest::Digest;
 use crate::images::manifest::ImageConfig;
 use crate::store::{Kind, LayerRecord, Store};
@@ -94,43 +95,41 @@ pub fn layer_present(images: &ImageService, layer: &LayerRecord) -> bool {
 /// recursively), named relative to `root`: names, types, modes, owners,
 /// contents and link targets, in name order. Times are left out on purpose:
 /// a checkout or touch must not invalidate the cache.
-pub fn sources_hash(root: &Path, paths: &[std::path::PathBuf]) -> Result<String, BuildError> {
+pub fn sources_hash(root: &Root, paths: &[std::path::PathBuf]) -> Result<String, BuildError> {
     let mut hasher = Sha256::new();
-    let mut pending: Vec<std::path::PathBuf> = paths.to_vec();
-    pending.sort();
-    pending.reverse();
+    let mut sorted: Vec<&std::path::PathBuf> = paths.iter().collect();
+    sorted.sort();
     let mut buffer = vec![0u8; 64 * 1024];
-    while let Some(path) = pending.pop() {
-        let meta = std::fs::symlink_metadata(&path).map_err(BuildError::io(format!("reading {}", path.display())))?;
-        let name = path.strip_prefix(root).unwrap_or(&path);
-        hasher.update(name.as_os_str().as_encoded_bytes());
-        hasher.update([0]);
-        hasher.update(meta.mode().to_le_bytes());
-        hasher.update(meta.uid().to_le_bytes());
-        hasher.update(meta.gid().to_le_bytes());
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(BuildError::io(format!("reading {}", path.display())))?;
-            hasher.update(target.as_os_str().as_encoded_bytes());
-        } else if meta.is_dir() {
-            let mut children: Vec<_> = std::fs::read_dir(&path)
-                .map_err(BuildError::io(format!("listing {}", path.display())))?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<_, _>>()
-                .map_err(BuildError::io(format!("listing {}", path.display())))?;
-            children.sort();
-            pending.extend(children.into_iter().rev());
-        } else if meta.is_file() {
-            hasher.update(meta.len().to_le_bytes());
-            let mut file = std::fs::File::open(&path).map_err(BuildError::io(format!("opening {}", path.display())))?;
-            loop {
-                let n = file.read(&mut buffer).map_err(BuildError::io(format!("reading {}", path.display())))?;
-                if n == 0 {
-                    break;
+    for source in sorted {
+        let shown = || Path::new("/").join(source).display().to_string();
+        let (node, _) = root.open_node(source).map_err(BuildError::io(format!("reading {}", shown())))?;
+        inroot::walk(node.as_fd(), &mut |entry: &WalkEntry<'_>| -> Result<bool, BuildError> {
+            let name = source.join(entry.rel);
+            let io = |e: std::io::Error| BuildError::io(format!("reading {}", Path::new("/").join(&name).display()))(e);
+            hasher.update(name.as_os_str().as_encoded_bytes());
+            hasher.update([0]);
+            hasher.update(entry.stat.st_mode.to_le_bytes());
+            hasher.update(entry.stat.st_uid.to_le_bytes());
+            hasher.update(entry.stat.st_gid.to_le_bytes());
+            match entry.kind() {
+                EntryKind::Symlink => hasher.update(entry.link_target().map_err(|e| io(e.into()))?.as_os_str().as_encoded_bytes()),
+                EntryKind::File => {
+                    hasher.update((entry.stat.st_size as u64).to_le_bytes());
+                    let mut file = entry.open_file().map_err(|e| io(e.into()))?;
+                    loop {
+                        let n = file.read(&mut buffer).map_err(io)?;
+                        if n == 0 {
+                            break;
+                        }
+                        hasher.update(&buffer[..n]);
+                    }
                 }
-                hasher.update(&buffer[..n]);
+                EntryKind::Special => hasher.update(entry.stat.st_rdev.to_le_bytes()),
+                EntryKind::Directory => {}
             }
-        }
-        hasher.update([0xff]);
+            hasher.update([0xff]);
+            Ok(true)
+        })?;
     }
     Ok(hex::encode(hasher.finalize()))
 }
@@ -157,7 +156,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, "one").unwrap();
-        let hash = || sources_hash(dir.path(), std::slice::from_ref(&file)).unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let hash = || sources_hash(&root, &[std::path::PathBuf::from("f")]).unwrap();
         let first = hash();
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
         std::fs::File::options().write(true).open(&file).unwrap().set_modified(later).unwrap();

@@ -3,12 +3,17 @@
 //! dir then becomes the layer. Paths in the image are resolved as if its root
 //! were `/`, so symlinks it holds never lead a write outside it.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::BufReader;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{FileType, OFlags};
+use rustix::io::Errno;
+
 use super::BuildError;
+use crate::inroot::{self, Kind, Root, WalkEntry};
 
 /// Shell-style wildcard match of one path component: `*`, `?`, `[...]`.
 pub fn wildcard_match(pattern: &str, name: &str) -> bool {
@@ -55,38 +60,300 @@ pub struct CopySpec {
     pub extract_archives: bool,
 }
 
-/// `path` inside `root`, with every symlink on the way resolved as if `root`
-/// were `/`, so nothing the image planted leads outside it.
-fn resolve_in(root: &Path, path: &Path) -> PathBuf {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<std::ffi::OsString> = path.components().rev().filter_map(|c| match c {
-        std::path::Component::Normal(p) => Some(p.to_os_string()),
-        std::path::Component::ParentDir => Some("..".into()),
-        _ => None,
-    }).collect();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
+/// How far an ADD of a URL may go: it streams to a file, never to memory.
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadLimits {
+    /// The largest body taken; a longer one fails the step.
+    pub max_bytes: u64,
+    /// A body that sends nothing for this long fails the step.
+    pub stall_timeout: std::time::Duration,
+}
+
+/// An ADD URL's body, spooled to an unlinked file.
+pub struct Download {
+    /// The file name the URL gives (its last path segment).
+    pub name: String,
+    file: File,
+}
+
+/// Streams `url` into an anonymous file below `spool` (berthd's own state), at
+/// most `limits.max_bytes`, checking `checksum` (`sha256:<hex>`) when given.
+pub async fn download(url: &str, checksum: Option<&str>, spool: &Path, limits: DownloadLimits) -> Result<Download, BuildError> {
+    use sha2::Digest as _;
+    use tokio::io::AsyncWriteExt as _;
+    let fail = |message: String| BuildError::Invalid(format!("ADD {url}: {message}"));
+    let expected = match checksum {
+        None => None,
+        Some(sum) => match sum.strip_prefix("sha256:") {
+            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Some(hex.to_ascii_lowercase()),
+            _ => return Err(fail(format!("--checksum={sum}: expected sha256:<64 hex digits>"))),
+        },
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(limits.stall_timeout)
+        .build()
+        .map_err(|e| BuildError::Internal(format!("HTTP client: {e}")))?;
+    let mut response = tokio::time::timeout(limits.stall_timeout, client.get(url).send())
+        .await
+        .map_err(|_| fail(format!("no response within {} s", limits.stall_timeout.as_secs())))?
+        .map_err(|e| fail(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(fail(response.status().to_string()));
+    }
+    if let Some(length) = response.content_length().filter(|&l| l > limits.max_bytes) {
+        return Err(fail(format!("the body is {length} bytes, more than the {} bytes ADD takes ([builder] max_download_bytes)", limits.max_bytes)));
+    }
+    let name = url.split(['?', '#']).next().unwrap_or(url).rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..").unwrap_or("download").to_string();
+    // O_TMPFILE: the spool has no name, so a crash leaves nothing to clean up.
+    let spooled = rustix::fs::open(spool, OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, rustix::fs::Mode::from_raw_mode(0o600))
+        .map_err(|e| BuildError::io(format!("spooling ADD {url} in {}", spool.display()))(e.into()))?;
+    let file = File::from(spooled);
+    let mut writer = tokio::fs::File::from_std(file.try_clone().map_err(BuildError::io("spooling ADD"))?);
+    let mut hasher = sha2::Sha256::new();
+    let mut written = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(limits.stall_timeout, response.chunk())
+            .await
+            .map_err(|_| fail(format!("no data for {} s after {written} bytes", limits.stall_timeout.as_secs())))?
+            .map_err(|e| fail(e.to_string()))?;
+        let Some(chunk) = chunk else { break };
+        written += chunk.len() as u64;
+        if written > limits.max_bytes {
+            return Err(fail(format!("the body exceeds the {} bytes ADD takes ([builder] max_download_bytes)", limits.max_bytes)));
         }
-        let candidate = root.join(&resolved).join(&part);
-        match std::fs::read_link(&candidate) {
-            Ok(target) if hops < 40 => {
-                hops += 1;
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                pending.extend(target.components().rev().filter_map(|c| match c {
-                    std::path::Component::Normal(p) => Some(p.to_os_string()),
-                    std::path::Component::ParentDir => Some("..".into()),
-                    _ => None,
-                }));
-            }
-            _ => resolved.push(part),
+        hasher.update(&chunk);
+        writer.write_all(&chunk).await.map_err(BuildError::io(format!("spooling ADD {url}")))?;
+    }
+    writer.flush().await.map_err(BuildError::io(format!("spooling ADD {url}")))?;
+    if let Some(expected) = expected {
+        let got = hex::encode(hasher.finalize());
+        if got != expected {
+            return Err(fail(format!("digest mismatch: --checksum wants sha256:{expected}, the body is sha256:{got}")));
         }
     }
-    root.join(resolved)
+    Ok(Download { name, file })
+}
+
+/// Copies `sources` (paths inside `from`, symlinks on the way followed inside it)
+/// and `downloads` to the destination. Everything is written inside the rootfs:
+/// the destination and every directory below it are resolved there, and a file
+/// replaces whatever name it lands on rather than writing through a symlink.
+pub async fn copy_into(spec: &CopySpec, from: Option<&Path>, sources: &[PathBuf], downloads: Vec<Download>) -> Result<(), BuildError> {
+    let owner = spec.chown.as_deref().map(|c| owner(&spec.rootfs, c)).transpose()?;
+    let target = Target {
+        rootfs: spec.rootfs.clone(),
+        dest: inroot::relative(&spec.dest),
+        dest_is_dir: spec.dest_is_dir,
+        owner,
+        chmod: spec.chmod,
+    };
+    let (from, sources, extract) = (from.map(Path::to_path_buf), sources.to_vec(), spec.extract_archives);
+    tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
+        let rootfs = Root::open(&target.rootfs).map_err(BuildError::io("opening the step's root filesystem"))?;
+        if let Some(from) = &from {
+            let from = Root::open(from).map_err(BuildError::io("opening the copy's source"))?;
+            for source in &sources {
+                target.copy_source(&rootfs, &from, source, extract)?;
+            }
+        }
+        for download in downloads {
+            let name = target.file_name(&rootfs, OsStr::new(&download.name))?;
+            target.place_file(&rootfs, &name, download.file, 0o600)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| BuildError::Internal(format!("copy task: {e}")))?
+}
+
+/// Writes COPY/ADD heredocs as files named after their delimiter, which must be
+/// a plain file name: it is joined to the destination.
+pub fn write_heredocs(spec: &CopySpec, heredocs: &[(String, String)]) -> Result<(), BuildError> {
+    if heredocs.is_empty() {
+        return Ok(());
+    }
+    let target = Target {
+        rootfs: spec.rootfs.clone(),
+        dest: inroot::relative(&spec.dest),
+        dest_is_dir: spec.dest_is_dir || heredocs.len() > 1,
+        owner: spec.chown.as_deref().map(|c| owner(&spec.rootfs, c)).transpose()?,
+        chmod: spec.chmod,
+    };
+    let rootfs = Root::open(&spec.rootfs).map_err(BuildError::io("opening the step's root filesystem"))?;
+    for (name, content) in heredocs {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+            return Err(BuildError::Invalid(format!("heredoc name {name:?}: a file name is one path component, without '/' or '..'")));
+        }
+        let path = target.file_name(&rootfs, OsStr::new(name))?;
+        let mut file = tempfile_in_memory(content.as_bytes())?;
+        std::io::Seek::rewind(&mut file).map_err(BuildError::io("heredoc"))?;
+        target.place_file(&rootfs, &path, file, 0o644)?;
+    }
+    Ok(())
+}
+
+/// An anonymous file holding `bytes`, so heredocs take the path files take.
+fn tempfile_in_memory(bytes: &[u8]) -> Result<File, BuildError> {
+    let fd = rustix::fs::memfd_create("heredoc", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| BuildError::io("heredoc")(e.into()))?;
+    let mut file = File::from(fd);
+    std::io::Write::write_all(&mut file, bytes).map_err(BuildError::io("heredoc"))?;
+    Ok(file)
+}
+
+/// Where one COPY/ADD writes, resolved inside the step's rootfs.
+struct Target {
+    rootfs: PathBuf,
+    /// Relative to the rootfs.
+    dest: PathBuf,
+    dest_is_dir: bool,
+    owner: Option<(u32, u32)>,
+    chmod: Option<u32>,
+}
+
+impl Target {
+    /// Where a file source named `name` lands: inside the destination when it ends
+    /// with `/` or is an existing directory (as Docker does), else the destination.
+    fn file_name(&self, rootfs: &Root, name: &OsStr) -> Result<PathBuf, BuildError> {
+        let into_dir = self.dest_is_dir
+            || matches!(rootfs.open_node(&self.dest), Ok((_, stat)) if Kind::of(&stat) == Kind::Directory);
+        Ok(if into_dir { self.dest.join(name) } else { self.dest.clone() })
+    }
+
+    fn copy_source(&self, rootfs: &Root, from: &Root, source: &Path, extract: bool) -> Result<(), BuildError> {
+        let shown = Path::new("/").join(source);
+        let (node, stat) = from.open_node(source).map_err(BuildError::io(format!("COPY source {}", shown.display())))?;
+        match Kind::of(&stat) {
+            Kind::Directory => {
+                let dest = rootfs.create_dir_all(&self.dest, 0o755, None).map_err(BuildError::io("creating the destination"))?;
+                drop(dest);
+                let dest_root = self.dest.clone();
+                inroot::walk(node.as_fd(), &mut |entry: &WalkEntry<'_>| -> Result<bool, BuildError> {
+                    if entry.rel.as_os_str().is_empty() {
+                        return Ok(true);
+                    }
+                    self.place(rootfs, &dest_root.join(entry.rel), entry)?;
+                    Ok(true)
+                })
+            }
+            Kind::File if extract && is_archive(node.as_fd()) => {
+                let dest = rootfs.create_dir_all(&self.dest, 0o755, None).map_err(BuildError::io("creating the destination"))?;
+                let file = inroot::reopen_file(node.as_fd()).map_err(|e| BuildError::io(format!("ADD {}", shown.display()))(e.into()))?;
+                let mut reader = BufReader::new(file);
+                let prefix = std::io::BufRead::fill_buf(&mut reader).map_err(BuildError::io(format!("ADD {}", shown.display())))?;
+                let compression = crate::images::compression::Compression::detect(&prefix[..prefix.len().min(8)]);
+                let decoder = compression.decoder(reader).map_err(BuildError::io(format!("ADD {}", shown.display())))?;
+                crate::images::unpack::unpack_layer_at(decoder, dest, &Path::new("/").join(&self.dest))
+                    .map_err(|e| BuildError::Invalid(format!("ADD {}: {e}", shown.display())))?;
+                Ok(())
+            }
+            _ => {
+                let name = source.file_name().unwrap_or(OsStr::new("."));
+                let path = self.file_name(rootfs, name)?;
+                let entry = WalkEntry { rel: source, parent: None, node: node.as_fd(), stat: &stat };
+                self.place(rootfs, &path, &entry)
+            }
+        }
+    }
+
+    /// Places one entry of a source tree at `path` (relative to the rootfs).
+    fn place(&self, rootfs: &Root, path: &Path, entry: &WalkEntry<'_>) -> Result<(), BuildError> {
+        let shown = Path::new("/").join(path);
+        let io = |e: Errno| BuildError::io(format!("copying to {}", shown.display()))(e.into());
+        let mode = self.chmod.unwrap_or(entry.stat.st_mode & 0o7777);
+        let (uid, gid) = self.owner.unwrap_or((0, 0));
+        match entry.kind() {
+            Kind::Directory => {
+                let dir = rootfs.create_dir_all(path, mode, Some((uid, gid))).map_err(BuildError::io("creating a directory"))?;
+                inroot::set_owner_and_mode(dir.as_fd(), Some((uid, gid)), mode).map_err(io)?;
+            }
+            Kind::File => {
+                let file = entry.open_file().map_err(io)?;
+                return self.place_file(rootfs, path, file, mode);
+            }
+            Kind::Symlink => {
+                let link = entry.link_target().map_err(io)?;
+                let (parent, name) = self.parent(rootfs, path)?;
+                inroot::clear_for_file(parent.as_fd(), &name).map_err(io)?;
+                rustix::fs::symlinkat(&link, &parent, &name).map_err(io)?;
+                inroot::chown_entry(parent.as_fd(), &name, uid, gid).map_err(io)?;
+            }
+            Kind::Special => {
+                let (parent, name) = self.parent(rootfs, path)?;
+                let file_type = FileType::from_raw_mode(entry.stat.st_mode);
+                if file_type == FileType::Socket {
+                    tracing::debug!(path = %shown.display(), "sockets are not copied");
+                    return Ok(());
+                }
+                inroot::clear_for_file(parent.as_fd(), &name).map_err(io)?;
+                // Recreated, never opened: a device node in a context is copied as
+                // a node, not read.
+                rustix::fs::mknodat(&parent, &name, file_type, rustix::fs::Mode::from_raw_mode(mode & 0o777), entry.stat.st_rdev)
+                    .map_err(io)?;
+                inroot::chown_entry(parent.as_fd(), &name, uid, gid).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn parent(&self, rootfs: &Root, path: &Path) -> Result<(std::os::fd::OwnedFd, std::ffi::OsString), BuildError> {
+        let parent = path.parent().unwrap_or(Path::new(""));
+        let name = path.file_name().ok_or_else(|| BuildError::Invalid(format!("cannot copy onto {}", Path::new("/").join(path).display())))?;
+        let dir = rootfs.create_dir_all(parent, 0o755, None).map_err(BuildError::io("creating a parent directory"))?;
+        Ok((dir, name.to_os_string()))
+    }
+
+    fn place_file(&self, rootfs: &Root, path: &Path, mut data: File, mode: u32) -> Result<(), BuildError> {
+        let shown = Path::new("/").join(path);
+        let io = |e: std::io::Error| BuildError::io(format!("copying to {}", shown.display()))(e);
+        let (parent, name) = self.parent(rootfs, path)?;
+        let mut file = inroot::create_file(parent.as_fd(), &name, 0o600).map_err(|e| io(e.into()))?;
+        std::io::Seek::rewind(&mut data).map_err(io)?;
+        std::io::copy(&mut data, &mut file).map_err(io)?;
+        let (uid, gid) = self.owner.unwrap_or((0, 0));
+        inroot::set_owner_and_mode(file.as_fd(), Some((uid, gid)), self.chmod.unwrap_or(mode)).map_err(|e| io(e.into()))?;
+        Ok(())
+    }
+}
+
+/// A regular file whose content (after gzip/zstd/xz detection) starts like a tar.
+fn is_archive(node: std::os::fd::BorrowedFd<'_>) -> bool {
+    let Ok(file) = inroot::reopen_file(node) else { return false };
+    let mut reader = BufReader::new(file);
+    let Ok(prefix) = std::io::BufRead::fill_buf(&mut reader) else { return false };
+    let compression = crate::images::compression::Compression::detect(&prefix[..prefix.len().min(8)]);
+    let Ok(mut decoder) = compression.decoder(reader) else { return false };
+    let mut block = [0u8; 512];
+    std::io::Read::read_exact(&mut decoder, &mut block).is_ok() && &block[257..262] == b"ustar"
+}
+
+/// The paths inside `root` that `pattern` names: a plain path, or one whose
+/// components hold `*`, `?` or `[...]`, matched one directory level each. Paths
+/// come back relative to the root; nothing outside it is looked at (`..` stops
+/// at the root, and directories are listed through the root's own resolution).
+pub fn glob_in(root: &Root, pattern: &str) -> Vec<PathBuf> {
+    let relative = inroot::relative(Path::new(pattern));
+    let mut current = vec![PathBuf::new()];
+    for component in relative.components() {
+        let part = component.as_os_str().to_string_lossy().to_string();
+        let mut next = Vec::new();
+        for dir in &current {
+            if part.contains(['*', '?', '[']) {
+                let Ok(fd) = root.open_dir(dir) else { continue };
+                let Ok(names) = inroot::list_dir(fd.as_fd()) else { continue };
+                next.extend(
+                    names.into_iter().filter(|n| wildcard_match(&part, &n.to_string_lossy())).map(|n| dir.join(n)),
+                );
+            } else {
+                let candidate = dir.join(&part);
+                if root.entry_kind(&candidate).is_ok_and(|kind| kind.is_some()) {
+                    next.push(candidate);
+                }
+            }
+        }
+        current = next;
+    }
+    current
 }
 
 /// `--chown=user[:group]` by name or number, resolved in the image's account
@@ -98,118 +365,10 @@ fn owner(rootfs: &Path, chown: &str) -> Result<(u32, u32), BuildError> {
     Ok((resolved.uid, gid))
 }
 
-/// Copies `sources` (host paths) and downloads `urls` to the destination.
-pub async fn copy_into(spec: &CopySpec, sources: &[PathBuf], urls: &[String]) -> Result<(), BuildError> {
-    let owner = spec.chown.as_deref().map(|c| owner(&spec.rootfs, c)).transpose()?;
-    let mut downloaded = Vec::new();
-    for url in urls {
-        let response = reqwest::get(url).await.map_err(|e| BuildError::Invalid(format!("ADD {url}: {e}")))?;
-        if !response.status().is_success() {
-            return Err(BuildError::Invalid(format!("ADD {url}: {}", response.status())));
-        }
-        let name = url.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download").to_string();
-        let bytes = response.bytes().await.map_err(|e| BuildError::Invalid(format!("ADD {url}: {e}")))?;
-        downloaded.push((name, bytes));
-    }
-    let spec_dest = resolve_in(&spec.rootfs, &spec.dest);
-    let (sources, dest_is_dir, extract, chmod) = (sources.to_vec(), spec.dest_is_dir, spec.extract_archives, spec.chmod);
-    tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
-        let io = |p: &Path| BuildError::io(format!("copying to {}", p.display()));
-        for source in &sources {
-            let meta = std::fs::symlink_metadata(source).map_err(io(source))?;
-            if meta.is_dir() {
-                copy_tree(source, &spec_dest, owner, chmod)?;
-            } else if extract && meta.is_file() && is_archive(source) {
-                std::fs::create_dir_all(&spec_dest).map_err(io(&spec_dest))?;
-                let file = File::open(source).map_err(io(source))?;
-                let reader = crate::images::compression::Compression::detect(&std::fs::read(source).map_err(io(source))?[..8.min(meta.len() as usize)])
-                    .decoder(BufReader::new(file))
-                    .map_err(io(source))?;
-                crate::images::unpack::unpack_layer(reader, &spec_dest).map_err(|e| BuildError::Invalid(format!("ADD {}: {e}", source.display())))?;
-            } else {
-                let target = if dest_is_dir { spec_dest.join(source.file_name().unwrap_or_default()) } else { spec_dest.clone() };
-                copy_entry(source, &target, owner, chmod)?;
-            }
-        }
-        for (name, bytes) in &downloaded {
-            let target = if dest_is_dir { spec_dest.join(name) } else { spec_dest.clone() };
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            std::fs::write(&target, bytes).map_err(io(&target))?;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(chmod.unwrap_or(0o600))).map_err(io(&target))?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io(&target))?;
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| BuildError::Internal(format!("copy task: {e}")))?
-}
-
-/// Writes COPY/ADD heredocs as files named after their delimiter.
-pub fn write_heredocs(spec: &CopySpec, heredocs: &[(String, String)]) -> Result<(), BuildError> {
-    let dest = resolve_in(&spec.rootfs, &spec.dest);
-    for (name, content) in heredocs {
-        let target = if spec.dest_is_dir || heredocs.len() > 1 { dest.join(name) } else { dest.clone() };
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(BuildError::io(format!("creating {}", parent.display())))?;
-        }
-        std::fs::write(&target, content).map_err(BuildError::io(format!("writing {}", target.display())))?;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(spec.chmod.unwrap_or(0o644)))
-            .map_err(BuildError::io(format!("writing {}", target.display())))?;
-    }
-    Ok(())
-}
-
-fn is_archive(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else { return false };
-    let compression = crate::images::compression::Compression::detect(&bytes[..bytes.len().min(8)]);
-    let Ok(mut reader) = compression.decoder(&bytes[..]) else { return false };
-    let mut block = [0u8; 512];
-    std::io::Read::read_exact(&mut reader, &mut block).is_ok() && &block[257..262] == b"ustar"
-}
-
-fn copy_tree(source: &Path, dest: &Path, owner: Option<(u32, u32)>, chmod: Option<u32>) -> Result<(), BuildError> {
-    let io = |p: &Path| BuildError::io(format!("copying {}", p.display()));
-    std::fs::create_dir_all(dest).map_err(io(dest))?;
-    let mut entries: Vec<_> = std::fs::read_dir(source).map_err(io(source))?.collect::<Result<_, _>>().map_err(io(source))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        copy_entry(&entry.path(), &dest.join(entry.file_name()), owner, chmod)?;
-    }
-    Ok(())
-}
-
-fn copy_entry(source: &Path, target: &Path, owner: Option<(u32, u32)>, chmod: Option<u32>) -> Result<(), BuildError> {
-    let io = |p: &Path| BuildError::io(format!("copying {}", p.display()));
-    let meta = std::fs::symlink_metadata(source).map_err(io(source))?;
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    if meta.is_dir() {
-        std::fs::create_dir_all(target).map_err(io(target))?;
-        copy_tree(source, target, owner, chmod)?;
-        std::fs::set_permissions(target, std::fs::Permissions::from_mode(chmod.unwrap_or(meta.mode() & 0o7777))).map_err(io(target))?;
-    } else if meta.file_type().is_symlink() {
-        let _ = std::fs::remove_file(target);
-        std::os::unix::fs::symlink(std::fs::read_link(source).map_err(io(source))?, target).map_err(io(target))?;
-    } else {
-        if std::fs::symlink_metadata(target).is_ok_and(|m| !m.is_dir()) {
-            std::fs::remove_file(target).map_err(io(target))?;
-        }
-        std::fs::copy(source, target).map_err(io(target))?;
-        std::fs::set_permissions(target, std::fs::Permissions::from_mode(chmod.unwrap_or(meta.mode() & 0o7777))).map_err(io(target))?;
-    }
-    let (uid, gid) = owner.unwrap_or((0, 0));
-    std::os::unix::fs::lchown(target, Some(uid), Some(gid)).map_err(io(target))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn wildcards_follow_shell_rules() {
@@ -222,13 +381,70 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_in_the_image_resolve_inside_its_root() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("real")).unwrap();
-        std::os::unix::fs::symlink("/real", root.path().join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../../..", root.path().join("real/up")).unwrap();
-        assert_eq!(resolve_in(root.path(), Path::new("/abs/file")), root.path().join("real/file"));
-        assert_eq!(resolve_in(root.path(), Path::new("/real/up/etc")), root.path().join("etc"));
+    fn globs_match_within_the_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.txt", "b.txt", "c.md", "sub/d.txt"] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, name).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let names = |pattern: &str| -> Vec<String> { glob_in(&root, pattern).iter().map(|p| p.display().to_string()).collect() };
+        assert_eq!(names("*.txt"), ["a.txt", "b.txt"]);
+        assert_eq!(names("*/d.[tx]xt"), ["sub/d.txt"]);
+        assert_eq!(names("sub"), ["sub"]);
+        assert_eq!(names("../../../etc/passwd"), Vec::<String>::new());
+        assert_eq!(names("etc/passwd"), Vec::<String>::new(), "a link in the context leads inside it");
+        assert_eq!(names("etc/*"), Vec::<String>::new());
+        assert_eq!(names("missing"), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn sources_through_links_and_destinations_through_links_stay_inside() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret"), "host secret").unwrap();
+        let context = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(context.path().join("app")).unwrap();
+        std::fs::write(context.path().join("app/new.conf"), "conf").unwrap();
+        std::os::unix::fs::symlink(host.path(), context.path().join("hostdir")).unwrap();
+        let rootfs = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(rootfs.path().join("app")).unwrap();
+        std::os::unix::fs::symlink(host.path(), rootfs.path().join("app/conf.d")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", rootfs.path().join("app/up")).unwrap();
+        let spec = |dest: &str| CopySpec {
+            rootfs: rootfs.path().to_path_buf(),
+            dest: PathBuf::from(dest),
+            dest_is_dir: dest.ends_with('/'),
+            chown: None,
+            chmod: None,
+            extract_archives: false,
+        };
+        copy_into(&spec("/app/conf.d/"), Some(context.path()), &[PathBuf::from("app")], Vec::new()).await.unwrap_err();
+        copy_into(&spec("/app/up/x/"), Some(context.path()), &[PathBuf::from("app")], Vec::new()).await.unwrap();
+        assert!(rootfs.path().join("x/new.conf").is_file(), "`..` stops at the rootfs");
+        assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 1, "nothing written on the host");
+        let error = copy_into(&spec("/leak"), Some(context.path()), &[PathBuf::from("hostdir/secret")], Vec::new()).await.unwrap_err();
+        assert!(error.to_string().contains("/hostdir/secret"), "{error}");
+        let heredoc = write_heredocs(&spec("/d/"), &[("../../../../tmp/X".into(), "x".into())]).unwrap_err();
+        assert!(heredoc.to_string().contains("heredoc name"), "{heredoc}");
+    }
+
+    #[tokio::test]
+    async fn device_nodes_are_recreated_never_read() {
+        let context = tempfile::tempdir().unwrap();
+        // /dev/zero's numbers: reading it would never end.
+        rustix::fs::mknodat(rustix::fs::CWD, context.path().join("zero"), FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 5)).unwrap();
+        let rootfs = tempfile::tempdir().unwrap();
+        let spec = CopySpec { rootfs: rootfs.path().to_path_buf(), dest: PathBuf::from("/dev-copy/"), dest_is_dir: true, chown: None, chmod: None, extract_archives: true };
+        let sources = [PathBuf::from("zero"), PathBuf::new()];
+        let copy = copy_into(&spec, Some(context.path()), &sources, Vec::new());
+        tokio::time::timeout(std::time::Duration::from_secs(10), copy).await.expect("a device is never read").unwrap();
+        for copied in ["dev-copy/zero", "dev-copy/zero"] {
+            let meta = std::fs::symlink_metadata(rootfs.path().join(copied)).unwrap();
+            assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()));
+            assert_eq!(meta.rdev(), rustix::fs::makedev(1, 5));
+        }
     }
 
     #[tokio::test]
@@ -247,13 +463,13 @@ mod tests {
             chmod: Some(0o600),
             extract_archives: false,
         };
-        copy_into(&spec, &[source.path().join("dir")], &[]).await.unwrap();
+        copy_into(&spec, Some(source.path()), &[PathBuf::from("dir")], Vec::new()).await.unwrap();
         let copied = rootfs.path().join("target/nested/f");
         assert_eq!(std::fs::read_to_string(&copied).unwrap(), "content", "a directory's contents, not the directory");
         let meta = std::fs::metadata(&copied).unwrap();
         assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1000, 1001, 0o600));
         let spec = CopySpec { chown: Some("nobody".into()), ..spec };
-        let error = copy_into(&spec, &[source.path().join("dir")], &[]).await.unwrap_err();
+        let error = copy_into(&spec, Some(source.path()), &[PathBuf::from("dir")], Vec::new()).await.unwrap_err();
         assert!(error.to_string().contains("--chown=nobody"), "{error}");
     }
 }

@@ -25,6 +25,13 @@ pub enum BuilderError {
     NotFound(String),
 }
 
+/// The walks of `crate::inroot` name the path in their errors.
+impl From<std::io::Error> for BuilderError {
+    fn from(source: std::io::Error) -> BuilderError {
+        BuilderError::Io { path: PathBuf::new(), op: "walking the tree", source }
+    }
+}
+
 impl BuilderError {
     pub(super) fn io(path: impl Into<PathBuf>, op: &'static str) -> impl FnOnce(std::io::Error) -> BuilderError {
         let path = path.into();

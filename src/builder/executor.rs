@@ -19,6 +19,7 @@ use super::image::{BaseImage, ImageDraft};
 use super::layer::{Layer, LayerOptions, TreeKind};
 use super::run::{OutputStream, RunProcess, StepMount, StepNetwork, StepSandbox};
 use crate::config::Config;
+use crate::inroot::{self, Root};
 use crate::images::{ContentHold, ImageService};
 use crate::images::manifest::{ContainerConfig, History, ImageConfig};
 use crate::store::LayerRecord;
@@ -253,7 +254,7 @@ impl Run<'_> {
         let sources = match &step.instruction {
             InstructionKind::Copy(copy) | InstructionKind::Add(copy) if copy.from.is_none() => {
                 let paths = self.context_sources(copy, step.line)?;
-                Some(sources_hash(&self.context.root(), &paths)?)
+                Some(sources_hash(&self.context_root()?, &paths)?)
             }
             // A RUN sees the context files it binds: they are part of its key.
             InstructionKind::Run { mounts, .. } if mounts.iter().any(|m| m.kind == dockerfile::MountKind::Bind && m.from.is_none()) => {
@@ -263,7 +264,7 @@ impl Run<'_> {
                     .map(|m| self.bind_source(m))
                     .filter(|p| p.exists())
                     .collect();
-                Some(sources_hash(&self.context.root(), &paths)?)
+                Some(sources_hash(&self.context_root()?, &paths)?)
             }
             _ => None,
         };
@@ -417,10 +418,11 @@ impl Run<'_> {
                     if mount.from.is_some() {
                         return Err(self.invalid(line, "RUN --mount=type=bind,from=... is not supported by this builder; bind the context or COPY --from"));
                     }
-                    let source = self.bind_source(mount);
-                    if std::fs::symlink_metadata(&source).is_err() {
-                        return Err(self.invalid(line, format!("--mount source {:?}: not in the build context", mount.source.as_deref().unwrap_or("."))));
-                    }
+                    // Followed inside the context: runc mounts whatever host path it
+                    // is given, so it gets the one the context's own links lead to.
+                    let source = self.context_root()?.host_path(&self.bind_source(mount)).map_err(|e| {
+                        self.invalid(line, format!("--mount source {:?}: not in the build context ({e})", mount.source.as_deref().unwrap_or(".")))
+                    })?;
                     StepMount::Bind { source, target, readonly: mount.read_only }
                 }
             });
@@ -428,10 +430,10 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// The context path a bind mount takes (the whole context without `source`).
+    /// The context path a bind mount takes, relative to the context (the whole
+    /// context without `source`).
     fn bind_source(&self, mount: &dockerfile::RunMount) -> PathBuf {
-        let relative = clean(Path::new(mount.source.as_deref().unwrap_or("/")));
-        self.context.root().join(relative.strip_prefix("/").unwrap_or(&relative))
+        inroot::relative(Path::new(mount.source.as_deref().unwrap_or("/")))
     }
 
     async fn sandbox(&mut self) -> Result<&StepSandbox, BuildError> {
@@ -476,19 +478,24 @@ impl Run<'_> {
     /// The context paths a COPY/ADD names, after globbing; URLs and heredocs
     /// are not paths.
     fn context_sources(&self, copy: &FileCopy, line: usize) -> Result<Vec<PathBuf>, BuildError> {
-        let root = self.context.root();
+        let root = self.context_root()?;
         let mut paths = Vec::new();
         for source in &copy.sources {
             if copy.heredocs.iter().any(|h| &h.name == source) || is_url(source) {
                 continue;
             }
-            let matched = glob_in(&root, source);
+            let matched = copy::glob_in(&root, source);
             if matched.is_empty() {
                 return Err(self.invalid(line, format!("{source:?}: no such file or directory in the build context")));
             }
             paths.extend(matched);
         }
         Ok(paths)
+    }
+
+    /// The build context as a root that every source path resolves inside.
+    fn context_root(&self) -> Result<Root, BuildError> {
+        Root::open(&self.context.root()).map_err(BuildError::io("opening the build context"))
     }
 
     /// COPY/ADD into a mounted overlay of the state; the upper dir becomes the layer.
@@ -531,6 +538,12 @@ impl Run<'_> {
         let heredocs: Vec<(String, String)> = copy.heredocs.iter().map(|h| (h.name.clone(), h.content.clone())).collect();
         let file_name = self.dockerfile.file_name.clone();
         let invalid_source = |source: &str| BuildError::Invalid(format!("{file_name}:{line}: COPY --from source {source:?}: not found"));
+        let context_dir = self.context.root();
+        let spool = self.builder.inner.contexts.clone();
+        let limits = copy::DownloadLimits {
+            max_bytes: self.builder.inner.config.builder.max_download_bytes,
+            stall_timeout: std::time::Duration::from_secs(self.builder.inner.config.builder.download_stall_timeout_seconds.max(1)),
+        };
         let sandbox = self.sandbox().await?;
         let mounted = sandbox.mount(&step, &parents).await?;
         let from_step = format!("{step}-from");
@@ -540,18 +553,23 @@ impl Run<'_> {
                 Some(layers) => {
                     let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
                     let from = sandbox.mount(&from_step, &diff_ids).await?;
+                    let from_root = Root::open(&from.rootfs).map_err(BuildError::io("opening the COPY --from root"))?;
                     let mut paths = Vec::new();
                     for source in &copy.sources {
-                        let matched = glob_in(&from.rootfs, source);
+                        let matched = copy::glob_in(&from_root, source);
                         if matched.is_empty() {
                             return Err(invalid_source(source));
                         }
                         paths.extend(matched);
                     }
-                    copy::copy_into(&spec, &paths, &[]).await?;
+                    copy::copy_into(&spec, Some(&from.rootfs), &paths, Vec::new()).await?;
                 }
                 None => {
-                    copy::copy_into(&spec, &context_paths, &urls).await?;
+                    let mut downloads = Vec::new();
+                    for url in &urls {
+                        downloads.push(copy::download(url, copy.checksum.as_deref(), &spool, limits).await?);
+                    }
+                    copy::copy_into(&spec, Some(&context_dir), &context_paths, downloads).await?;
                     copy::write_heredocs(&spec, &heredocs)?;
                 }
             }
@@ -632,33 +650,6 @@ fn clean(path: &Path) -> PathBuf {
         }
     }
     out
-}
-
-/// The paths under `root` that `pattern` names: a plain path, or one whose
-/// components hold `*`, `?` or `[...]`, matched one directory level each.
-/// Nothing matched outside `root`: `..` stops at it.
-fn glob_in(root: &Path, pattern: &str) -> Vec<PathBuf> {
-    let relative = clean(Path::new("/").join(pattern).as_path());
-    let mut current = vec![root.to_path_buf()];
-    for component in relative.components().skip(1) {
-        let part = component.as_os_str().to_string_lossy().to_string();
-        let mut next = Vec::new();
-        for dir in &current {
-            if part.contains(['*', '?', '[']) {
-                let Ok(entries) = std::fs::read_dir(dir) else { continue };
-                let mut names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
-                names.sort();
-                next.extend(names.into_iter().filter(|n| copy::wildcard_match(&part, n)).map(|n| dir.join(n)));
-            } else {
-                let candidate = dir.join(&part);
-                if std::fs::symlink_metadata(&candidate).is_ok() {
-                    next.push(candidate);
-                }
-            }
-        }
-        current = next;
-    }
-    current
 }
 
 /// What of an instruction goes into its cache key. A RUN is keyed as written
@@ -765,23 +756,5 @@ mod tests {
         assert_eq!(clean(Path::new("/app/./data/../x")), PathBuf::from("/app/x"));
         assert_eq!(clean(Path::new("../../etc")), PathBuf::from("/etc"));
         assert_eq!(clean(Path::new("relative/dir/")), PathBuf::from("/relative/dir"));
-    }
-
-    #[test]
-    fn globs_match_within_the_context_only() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["a.txt", "b.txt", "c.md", "sub/d.txt"] {
-            let path = dir.path().join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, name).unwrap();
-        }
-        let names = |pattern: &str| -> Vec<String> {
-            glob_in(dir.path(), pattern).iter().map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string()).collect()
-        };
-        assert_eq!(names("*.txt"), ["a.txt", "b.txt"]);
-        assert_eq!(names("*/d.[tx]xt"), ["sub/d.txt"]);
-        assert_eq!(names("sub"), ["sub"]);
-        assert_eq!(names("../../../etc/passwd"), Vec::<String>::new());
-        assert_eq!(names("missing"), Vec::<String>::new());
     }
 }

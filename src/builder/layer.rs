@@ -17,12 +17,12 @@
 //! snapshot is then exactly what a pull of the pushed layer would give.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Stat};
 
 use flate2::Compression as GzipLevel;
 use flate2::write::GzEncoder;
@@ -33,6 +33,7 @@ use super::error::BuilderError;
 use crate::images::digest::Digest;
 use crate::images::manifest::{Descriptor, OCI_LAYER_GZIP};
 use crate::images::unpack::unpack_layer;
+use crate::inroot::{self, WalkEntry};
 use crate::images::{ContentHold, ImageService};
 use crate::store::LayerRecord;
 
@@ -141,10 +142,18 @@ pub fn create_layer(
 }
 
 /// Writes the tar of `tree` into `sink` and returns the sink once the archive's
-/// end marker is written.
+/// end marker is written. The tree is walked by descriptors (see
+/// `crate::inroot::walk`): a running container that swaps a name for a symlink
+/// meanwhile cannot make berth read anything outside the tree, nor open a device.
 fn write_tar(tree: &Path, kind: TreeKind, options: &LayerOptions, sink: LayerSink) -> Result<LayerSink, BuilderError> {
     let mut writer = TarWriter { builder: tar::Builder::new(sink), kind, options, first_paths: HashMap::new() };
-    writer.append_children(tree, Path::new(""))?;
+    let root = inroot::open_dir(tree).map_err(|e| BuilderError::io(tree, "opening")(e.into()))?;
+    inroot::walk(root.as_fd(), &mut |entry: &WalkEntry<'_>| -> Result<bool, BuilderError> {
+        if entry.rel.as_os_str().is_empty() {
+            return Ok(true);
+        }
+        writer.append(&tree.join(entry.rel), entry)
+    })?;
     writer.builder.into_inner().map_err(BuilderError::io(tree, "finishing the layer tar"))
 }
 
@@ -168,75 +177,46 @@ struct TarWriter<'a> {
 }
 
 impl TarWriter<'_> {
-    fn append_children(&mut self, dir: &Path, relative: &Path) -> Result<(), BuilderError> {
-        let mut names: Vec<OsString> = fs::read_dir(dir)
-            .map_err(BuilderError::io(dir, "reading directory"))?
-            .map(|entry| entry.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(BuilderError::io(dir, "reading directory"))?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            let path = dir.join(&name);
-            let meta = match fs::symlink_metadata(&path) {
-                // Removed since the listing (a running container's upper dir).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                other => other.map_err(BuilderError::io(&path, "reading metadata"))?,
-            };
-            let entry_path = relative.join(&name);
-            self.append(&path, &entry_path, &meta)?;
-            if meta.is_dir() {
-                self.append_children(&path, &entry_path)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn append(&mut self, path: &Path, entry_path: &Path, meta: &Metadata) -> Result<(), BuilderError> {
-        let file_type = meta.file_type();
+    /// Appends one entry; says whether the walk descends into it.
+    fn append(&mut self, path: &Path, entry: &WalkEntry<'_>) -> Result<bool, BuilderError> {
+        let meta = entry.stat;
+        let entry_path = entry.rel;
+        let file_type = FileType::from_raw_mode(meta.st_mode);
         let write_err = BuilderError::io(path, "writing the layer tar");
-        if self.kind == TreeKind::OverlayUpper && file_type.is_char_device() && meta.rdev() == 0 {
+        if self.kind == TreeKind::OverlayUpper && file_type == FileType::CharacterDevice && meta.st_rdev == 0 {
             let name = entry_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let whiteout = entry_path.with_file_name(format!("{WHITEOUT_PREFIX}{name}"));
-            return self.append_marker(&whiteout, meta).map_err(write_err);
+            self.append_marker(&whiteout, meta).map_err(write_err)?;
+            return Ok(false);
         }
         // Everything that may skip the entry comes before its PAX header, which
         // would otherwise apply to the next entry.
-        let vanished = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
-        let body = if file_type.is_dir() {
-            Body::Directory
-        } else if file_type.is_file() {
-            let key = (meta.dev(), meta.ino());
-            match self.first_paths.get(&key) {
-                Some(first) if meta.nlink() > 1 => Body::HardLink(first.clone()),
-                _ => match File::open(path) {
-                    Err(e) if vanished(&e) => return Ok(()),
-                    Err(e) => return Err(BuilderError::io(path, "opening")(e)),
-                    Ok(file) => {
-                        if meta.nlink() > 1 {
+        let body = match file_type {
+            FileType::Directory => Body::Directory,
+            FileType::RegularFile => {
+                let key = (meta.st_dev, meta.st_ino);
+                match self.first_paths.get(&key) {
+                    Some(first) if meta.st_nlink > 1 => Body::HardLink(first.clone()),
+                    _ => {
+                        let file = entry.open_file().map_err(|e| BuilderError::io(path, "opening")(e.into()))?;
+                        if meta.st_nlink > 1 {
                             self.first_paths.insert(key, entry_path.to_path_buf());
                         }
                         Body::File(file)
                     }
-                },
+                }
             }
-        } else if file_type.is_symlink() {
-            match fs::read_link(path) {
-                Err(e) if vanished(&e) => return Ok(()),
-                Err(e) => return Err(BuilderError::io(path, "reading symlink")(e)),
-                Ok(target) => Body::Symlink(target),
+            FileType::Symlink => Body::Symlink(entry.link_target().map_err(|e| BuilderError::io(path, "reading symlink")(e.into()))?),
+            FileType::CharacterDevice => Body::Device(EntryType::Char),
+            FileType::BlockDevice => Body::Device(EntryType::Block),
+            FileType::Fifo => Body::Device(EntryType::Fifo),
+            _ => {
+                tracing::debug!(path = %path.display(), "sockets cannot be archived; skipped");
+                return Ok(false);
             }
-        } else if file_type.is_char_device() {
-            Body::Device(EntryType::Char)
-        } else if file_type.is_block_device() {
-            Body::Device(EntryType::Block)
-        } else if file_type.is_fifo() {
-            Body::Device(EntryType::Fifo)
-        } else {
-            tracing::debug!(path = %path.display(), "sockets cannot be archived; skipped");
-            return Ok(());
         };
 
-        let xattrs = read_xattrs(path)?;
+        let xattrs = read_xattrs(&entry.xattr_path(), path)?;
         let opaque = self.kind == TreeKind::OverlayUpper
             && matches!(body, Body::Directory)
             && xattrs.iter().any(|(name, value)| name == OPAQUE_XATTR && value == b"y");
@@ -251,6 +231,7 @@ impl TarWriter<'_> {
 
         let write_err = BuilderError::io(path, "writing the layer tar");
         let mut header = self.header(meta);
+        let size = meta.st_size.max(0) as u64;
         match body {
             Body::Directory => {
                 header.set_entry_type(EntryType::Directory);
@@ -259,13 +240,14 @@ impl TarWriter<'_> {
                     self.append_marker(&entry_path.join(OPAQUE_WHITEOUT), meta)
                         .map_err(BuilderError::io(path, "writing the layer tar"))?;
                 }
+                return Ok(true);
             }
             Body::File(file) => {
                 header.set_entry_type(EntryType::Regular);
-                header.set_size(meta.len());
+                header.set_size(size);
                 // Exactly the listed size: a file a running container changes
                 // meanwhile must not make the entry's data disagree with its header.
-                let data = file.take(meta.len()).chain(io::repeat(0)).take(meta.len());
+                let data = file.take(size).chain(io::repeat(0)).take(size);
                 self.builder.append_data(&mut header, entry_path, data).map_err(write_err)?;
             }
             Body::HardLink(first) => {
@@ -280,17 +262,17 @@ impl TarWriter<'_> {
                 header.set_entry_type(entry_type);
                 if entry_type != EntryType::Fifo {
                     let device_err = || BuilderError::io(path, "device number");
-                    header.set_device_major(rustix::fs::major(meta.rdev())).map_err(device_err())?;
-                    header.set_device_minor(rustix::fs::minor(meta.rdev())).map_err(device_err())?;
+                    header.set_device_major(rustix::fs::major(meta.st_rdev)).map_err(device_err())?;
+                    header.set_device_minor(rustix::fs::minor(meta.st_rdev)).map_err(device_err())?;
                 }
                 self.builder.append_data(&mut header, entry_path, io::empty()).map_err(write_err)?;
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// An empty regular file standing for a deletion (`.wh.NAME`, `.wh..wh..opq`).
-    fn append_marker(&mut self, entry_path: &Path, meta: &Metadata) -> io::Result<()> {
+    fn append_marker(&mut self, entry_path: &Path, meta: &Stat) -> io::Result<()> {
         let mut header = Header::new_gnu();
         header.set_entry_type(EntryType::Regular);
         header.set_mode(0);
@@ -301,49 +283,50 @@ impl TarWriter<'_> {
         self.builder.append_data(&mut header, entry_path, io::empty())
     }
 
-    fn header(&self, meta: &Metadata) -> Header {
+    fn header(&self, meta: &Stat) -> Header {
         let mut header = Header::new_gnu();
-        header.set_mode(meta.mode() & 0o7777);
-        header.set_uid(meta.uid().into());
-        header.set_gid(meta.gid().into());
+        header.set_mode(meta.st_mode & 0o7777);
+        header.set_uid(meta.st_uid.into());
+        header.set_gid(meta.st_gid.into());
         header.set_mtime(self.mtime(meta));
         header.set_size(0);
         header
     }
 
-    fn mtime(&self, meta: &Metadata) -> u64 {
+    fn mtime(&self, meta: &Stat) -> u64 {
         let mtime = match self.options.source_date_epoch {
-            Some(epoch) => meta.mtime().min(epoch),
-            None => meta.mtime(),
+            Some(epoch) => (meta.st_mtime as i64).min(epoch),
+            None => meta.st_mtime as i64,
         };
         mtime.max(0) as u64
     }
 }
 
-/// The xattrs of `path` itself (not a symlink's target), in name order.
-fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, BuilderError> {
+/// The xattrs of the entry at `xattr_path` itself (not a symlink's target), in
+/// name order; `path` names it in errors.
+fn read_xattrs(xattr_path: &Path, path: &Path) -> Result<Vec<(String, Vec<u8>)>, BuilderError> {
     let err = BuilderError::io(path, "reading extended attributes");
-    let size = match rustix::fs::llistxattr_query(path) {
+    let size = match rustix::fs::llistxattr_query(xattr_path) {
         Ok(size) => size,
         // Not supported here, or the entry vanished since it was listed.
         Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::NOENT) => return Ok(Vec::new()),
         Err(e) => return Err(err(e.into())),
     };
     let mut list = vec![0u8; size];
-    let len = rustix::fs::llistxattr(path, &mut list[..]).map_err(|e| err(e.into()))?;
+    let len = rustix::fs::llistxattr(xattr_path, &mut list[..]).map_err(|e| err(e.into()))?;
     list.truncate(len);
     let mut xattrs = Vec::new();
     for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = String::from_utf8_lossy(name).into_owned();
         let err = BuilderError::io(path, "reading extended attributes");
-        let size = match rustix::fs::lgetxattr_query(path, name.as_str()) {
+        let size = match rustix::fs::lgetxattr_query(xattr_path, name.as_str()) {
             Ok(size) => size,
             // Removed since listed.
             Err(rustix::io::Errno::NODATA) => continue,
             Err(e) => return Err(err(e.into())),
         };
         let mut value = vec![0u8; size];
-        let len = rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]).map_err(|e| err(e.into()))?;
+        let len = rustix::fs::lgetxattr(xattr_path, name.as_str(), &mut value[..]).map_err(|e| err(e.into()))?;
         value.truncate(len);
         xattrs.push((name, value));
     }

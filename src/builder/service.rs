@@ -39,6 +39,12 @@ impl BuilderService {
 impl From<BuildError> for Status {
     fn from(error: BuildError) -> Status {
         let code = match error {
+            // A full disk is no bug of berth's: the client may free space and retry.
+            BuildError::Io { ref source, .. } | BuildError::Builder(BuilderError::Io { ref source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                Code::ResourceExhausted
+            }
             // The image room's errors keep the codes the CRI edge gives them.
             BuildError::Image(e) | BuildError::Builder(BuilderError::Image(e)) => return Status::from(e),
             BuildError::Invalid(_) => Code::InvalidArgument,

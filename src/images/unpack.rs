@@ -24,6 +24,8 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, T
 use rustix::io::Errno;
 use tar::EntryType;
 
+use crate::inroot::{open_child_dir, open_dir, resolve, resolve_dir, resolve_without_symlinks};
+
 /// What one layer added to the disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnpackStats {
@@ -103,10 +105,6 @@ const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay.
 /// Mode of the parent directories a layer uses without listing them (what Docker and
 /// containerd give them too).
 const IMPLICIT_DIR_MODE: u32 = 0o755;
-/// openat2 with RESOLVE_IN_ROOT answers EAGAIN when a rename anywhere on the system
-/// raced with a `..` step, because it then cannot prove the walk stayed inside; the
-/// walk is simply retried.
-const RESOLVE_RETRIES: usize = 32;
 
 /// Extracts the uncompressed tar layer stream `tar` into `dest`, an existing, empty
 /// directory that becomes an overlayfs lowerdir. Parent directories the layer uses
@@ -119,9 +117,16 @@ const RESOLVE_RETRIES: usize = 32;
 /// The stream is read to its end, so that a decompressor checks its trailer and a
 /// digest computed over the stream covers every byte.
 pub fn unpack_layer<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
+    let root = open_dir(dest).map_err(|source| UnpackError::Destination { dest: dest.to_path_buf(), source: source.into() })?;
+    unpack_layer_at(tar, root, dest)
+}
+
+/// `unpack_layer` into the open directory `root` (`dest` names it in errors): a
+/// directory already resolved inside another root, such as ADD's destination in a
+/// step's root filesystem.
+pub fn unpack_layer_at<R: Read>(tar: R, root: OwnedFd, dest: &Path) -> Result<UnpackStats, UnpackError> {
     let destination_error =
         |source: Errno| UnpackError::Destination { dest: dest.to_path_buf(), source: source.into() };
-    let root = open_dir(dest).map_err(destination_error)?;
     let stream = Rc::new(StreamState::default());
     let mut archive = tar::Archive::new(MeteredReader { inner: tar, state: Rc::clone(&stream) });
     let mut layer = Layer {
@@ -721,7 +726,7 @@ impl Layer {
             // parent (`lib/x` with `lib -> usr/lib`) may have been replaced under
             // its other name (`usr/lib/x`) since; that later entry won, so there is
             // no mtime left to restore.
-            let dir = match resolve(&self.root, rel, OFlags::NOFOLLOW, ResolveFlags::empty()) {
+            let dir = match resolve(&self.root, rel, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW, ResolveFlags::empty()) {
                 Ok(dir) => dir,
                 Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
                     tracing::debug!(entry = %path, "directory replaced later in the layer; mtime not restored");
@@ -992,48 +997,6 @@ fn parse_pax_time(value: &[u8]) -> Option<Timestamp> {
         (true, 0) => Timestamp { secs: -secs, nanos: 0 },
         (true, _) => Timestamp { secs: -secs - 1, nanos: 1_000_000_000 - nanos },
     })
-}
-
-fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
-    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-}
-
-fn resolve_dir(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
-    resolve(root, rel, OFlags::empty(), ResolveFlags::empty())
-}
-
-/// Opens the directory `rel` inside `root` only if none of its components, the last
-/// included, is a symlink: overlayfs merges the layers path by path and never
-/// follows a symlink of one layer, so a directory reached only through one is not
-/// the directory the overlay shows at `rel`.
-fn resolve_without_symlinks(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
-    resolve(root, rel, OFlags::NOFOLLOW, ResolveFlags::NO_SYMLINKS)
-}
-
-/// Opens the directory `rel` with `root` as the root of the walk: absolute symlinks
-/// and `..` cannot climb above it, and magic links (/proc/*/fd, which a layer could
-/// reach through a symlink only if /proc were inside dest, but still) are refused.
-fn resolve(root: &OwnedFd, rel: &Path, extra: OFlags, extra_resolve: ResolveFlags) -> Result<OwnedFd, Errno> {
-    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra;
-    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | extra_resolve;
-    let mut attempts = 0;
-    loop {
-        match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
-            Err(Errno::AGAIN) if attempts < RESOLVE_RETRIES => attempts += 1,
-            result => return result,
-        }
-    }
-}
-
-/// Opens the directory `name` directly inside `parent`, refusing a symlink there.
-fn open_child_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
 }
 
 fn set_owner_and_mode(fd: BorrowedFd<'_>, meta: &EntryMeta, path: &str) -> Result<(), UnpackError> {

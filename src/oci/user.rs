@@ -5,7 +5,7 @@
 //! `../../../etc/passwd` resolves inside the rootfs and never reaches the host's.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
@@ -179,27 +179,22 @@ impl AccountFiles {
     /// The file's text, or empty when the image has none.
     fn read(&self, relative: &str) -> Result<String, SpecError> {
         let context = || format!("image file {}/{relative}", self.rootfs.display());
-        // NONBLOCK: a FIFO planted at /etc/passwd must not hang us.
-        let fd = match rustix::fs::openat2(
-            &self.root,
-            relative,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        ) {
+        // O_PATH first: a FIFO or device planted at /etc/passwd is never opened.
+        let node = match crate::inroot::resolve(&self.root, Path::new(relative), OFlags::PATH, ResolveFlags::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Ok(String::new()),
             Err(errno) => return Err(SpecError::host(context(), errno.into())),
         };
-        let stat = rustix::fs::fstat(&fd).map_err(|errno| SpecError::host(context(), errno.into()))?;
+        let stat = rustix::fs::fstat(&node).map_err(|errno| SpecError::host(context(), errno.into()))?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(SpecError::host(
                 context(),
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
             ));
         }
+        let fd = crate::inroot::reopen_file(node.as_fd()).map_err(|errno| SpecError::host(context(), errno.into()))?;
         let mut bytes = Vec::new();
-        std::fs::File::from(fd)
+        fd
             .take(MAX_ACCOUNT_FILE_BYTES)
             .read_to_end(&mut bytes)
             .map_err(|error| SpecError::host(context(), error))?;

@@ -30,6 +30,8 @@ pub struct BerthdConfig {
     pub max_concurrent_downloads: Option<u32>,
     /// `[registry.auths]`: endpoint host → (username, password).
     pub auths: Vec<(String, String, String)>,
+    /// Any other key: (table, key, value); an empty table is the top level.
+    pub settings: Vec<(String, String, toml::Value)>,
 }
 
 impl BerthdConfig {
@@ -68,6 +70,12 @@ impl BerthdConfig {
         self
     }
 
+    /// Sets `key` of `[table]` (the top level when `table` is empty).
+    pub fn set(mut self, table: &str, key: &str, value: impl Into<toml::Value>) -> BerthdConfig {
+        self.settings.push((table.to_owned(), key.to_owned(), value.into()));
+        self
+    }
+
     fn to_toml(&self, root: &Path, state: &Path, socket: &Path) -> String {
         let path_value = |p: &Path| toml::Value::String(p.to_str().expect("UTF-8 temp path").to_owned());
         let strings = |items: &[String]| toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect());
@@ -97,6 +105,15 @@ impl BerthdConfig {
         }
         registry.insert("auths".into(), toml::Value::Table(auths));
         table.insert("registry".into(), toml::Value::Table(registry));
+        for (name, key, value) in &self.settings {
+            let target = if name.is_empty() {
+                &mut table
+            } else {
+                let entry = table.entry(name.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                entry.as_table_mut().expect("a table")
+            };
+            target.insert(key.clone(), value.clone());
+        }
         toml::to_string(&table).expect("serialise berthd config")
     }
 }
@@ -183,6 +200,11 @@ impl Berthd {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The running berthd's process id (0 when it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn root(&self) -> &Path {
