@@ -258,13 +258,16 @@ impl Run<'_> {
             }
             // A RUN sees the context files it binds: they are part of its key.
             InstructionKind::Run { mounts, .. } if mounts.iter().any(|m| m.kind == dockerfile::MountKind::Bind && m.from.is_none()) => {
+                let root = self.context_root()?;
+                // A source that does not resolve inside the context fails the step
+                // when it runs; the key only needs the ones that do.
                 let paths: Vec<PathBuf> = mounts
                     .iter()
                     .filter(|m| m.kind == dockerfile::MountKind::Bind && m.from.is_none())
                     .map(|m| self.bind_source(m))
-                    .filter(|p| p.exists())
+                    .filter(|p| root.open_node(p).is_ok())
                     .collect();
-                Some(sources_hash(&self.context_root()?, &paths)?)
+                Some(sources_hash(&root, &paths)?)
             }
             _ => None,
         };
