@@ -147,15 +147,25 @@ fn builds_never_write_or_read_host_files_through_links() {
         // link's target inside the rootfs, and a RUN after it finds them there.
         let dockerfile = format!(
             "FROM hostile\n\
+             COPY app/ /app/\n\
              COPY app/ /app/conf.d/\n\
              COPY app/ /app/relconf/sub/\n\
              COPY app/new.conf /app/conf.d/single.conf\n\
              WORKDIR /app/conf.d\n\
              COPY app/new.conf ./viaworkdir.conf\n\
              COPY <<EOF /app/relconf/heredoc.conf\nfrom a heredoc\nEOF\n\
-             RUN test -f {v}/new.conf && test -f {v}/sub/nested/deep.conf && test -f {v}/single.conf && test -f {v}/viaworkdir.conf && test -f {v}/heredoc.conf\n"
+             RUN test -f {v}/escaped.conf && test -f {v}/climbed.conf && test -f {v}/new.conf && test -f {v}/sub/nested/deep.conf && test -f {v}/single.conf && test -f {v}/viaworkdir.conf && test -f {v}/heredoc.conf\n"
         );
-        let dir = context(&dockerfile, &[("app/new.conf", "conf"), ("app/nested/deep.conf", "deep")], &[]);
+        // The context's app/conf.d/ and app/relconf/ meet the image's links of
+        // those names below the destination: the writes follow them inside the
+        // rootfs, to the image's own copy of the victim's path.
+        let files = [
+            ("app/new.conf", "conf"),
+            ("app/nested/deep.conf", "deep"),
+            ("app/conf.d/escaped.conf", "through the absolute link"),
+            ("app/relconf/climbed.conf", "through the climbing link"),
+        ];
+        let dir = context(&dockerfile, &files, &[]);
         let (ok, out) = build(&berthd, dir.path()).await;
         assert!(ok, "COPY through the image's links must land inside the image:\n{out}\n{}", berthd.log());
         victim.assert_untouched("COPY through image links");
@@ -358,13 +368,13 @@ fn commit_of_a_container_that_swaps_its_files_for_links_reads_nothing_of_the_hos
         // that checks a name and then opens it by path follows the link on the host.
         let v = victim.path().display();
         let script = format!(
-            "mkdir -p /w; while :; do rm -rf /w/d /w/f; mkdir /w/d; echo x > /w/d/secret; echo y > /w/f; \
-             rm -rf /w/d /w/f; ln -s {v} /w/d; ln -s {v}/secret /w/f; done"
+            "mkdir -p /w; while :; do for n in 1 2 3 4 5 6; do rm -rf /w/d$n /w/f$n; mkdir /w/d$n; echo x > /w/d$n/secret; \
+             echo y > /w/f$n; done; for n in 1 2 3 4 5 6; do rm -rf /w/d$n /w/f$n; ln -s {v} /w/d$n; ln -s {v}/secret /w/f$n; done; done"
         );
         let (_pod, container) = run_container(&berthd, "busybox", &script).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut committed = 0;
-        for round in 0..25 {
+        for round in 0..40 {
             let output = berth(&berthd, &["commit", &container, &format!("berth.test/swapped:{round}")]).await;
             if output.status.success() {
                 committed += 1;
@@ -372,7 +382,7 @@ fn commit_of_a_container_that_swaps_its_files_for_links_reads_nothing_of_the_hos
                 eprintln!("commit {round}: {}", text(&output));
             }
         }
-        assert!(committed >= 20, "commits of a busy container should succeed ({committed}/25)\n{}", berthd.log());
+        assert!(committed >= 30, "commits of a busy container should succeed ({committed}/40)\n{}", berthd.log());
         victim.assert_untouched("commit");
         victim.assert_not_leaked(berthd.root(), "commit of a container swapping in links");
     });
