@@ -21,7 +21,9 @@ pub struct Config {
     pub socket: PathBuf,
     /// The image that holds a pod's namespaces; pinned, so never garbage-collected.
     pub sandbox_image: String,
-    /// How many layer downloads may run at once across all pulls.
+    /// How many layer downloads one pull runs at once (as containerd's
+    /// `max_concurrent_downloads`): per pull, so that a stuck registry holding
+    /// one pull's downloads never blocks a pull from another.
     pub max_concurrent_downloads: usize,
     pub registry: RegistryConfig,
     pub cni: CniSettings,
@@ -101,7 +103,7 @@ impl RuntimeConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Registry host (as it appears in references, e.g. `docker.io`) to a list of
@@ -114,6 +116,21 @@ pub struct RegistryConfig {
     /// it), used when a request brings none of its own: pulls without a CRI
     /// `AuthConfig`, and `berth push`.
     pub auths: BTreeMap<String, RegistryAuth>,
+    /// A download (manifest, config or layer) that receives less than 1 KiB in
+    /// this many seconds is stalled and fails, so that a stuck registry does not
+    /// hold a pull forever.
+    pub download_stall_timeout_seconds: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            mirrors: BTreeMap::new(),
+            insecure: Vec::new(),
+            auths: BTreeMap::new(),
+            download_stall_timeout_seconds: 60,
+        }
+    }
 }
 
 #[derive(Clone, Deserialize, PartialEq)]
@@ -190,6 +207,9 @@ impl Config {
         if self.streaming.token_ttl_seconds == 0 {
             return Err(("streaming.token_ttl_seconds", "must be at least 1".into()));
         }
+        if self.registry.download_stall_timeout_seconds == 0 {
+            return Err(("registry.download_stall_timeout_seconds", "must be at least 1".into()));
+        }
         for (host, endpoints) in &self.registry.mirrors {
             for endpoint in endpoints {
                 if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
@@ -250,5 +270,7 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().0, "max_concurrent_downloads");
         let c: Config = toml::from_str("[registry.mirrors]\n\"docker.io\" = [\"127.0.0.1:5000\"]").unwrap();
         assert_eq!(c.validate().unwrap_err().0, "registry.mirrors");
+        let c: Config = toml::from_str("[registry]\ndownload_stall_timeout_seconds = 0").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "registry.download_stall_timeout_seconds");
     }
 }

@@ -340,6 +340,65 @@ fn an_index_resolves_to_this_machines_platform() {
     });
 }
 
+/// An index whose entry for this platform is itself an index (as some
+/// multi-platform tools write them) is followed, a bounded number of levels deep.
+#[test]
+fn nested_indexes_are_followed_to_a_bounded_depth() {
+    common::run(|| async {
+        let registry = TestRegistry::start().await;
+        let native = TestImage::small("nested-index");
+        let inner = registry
+            .push_index("nested/app", "inner", ManifestFormat::Oci, &[(Platform::host(), native)])
+            .await;
+        let host = Platform::host();
+        let wrap = |digest: &str, size: usize| {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": ManifestFormat::Oci.index_media_type(),
+                "manifests": [{
+                    "mediaType": ManifestFormat::Oci.index_media_type(),
+                    "digest": digest,
+                    "size": size,
+                    "platform": { "architecture": host.architecture, "os": host.os },
+                }],
+            }))
+            .expect("serialise index")
+        };
+        let inner_size = manifest_len(&registry, "nested/app", &inner.index_digest).await;
+        // Levels of indexes above the inner one: 1 (two in all) and 4 (five in all).
+        let (mut digest, mut size) = (inner.index_digest.clone(), inner_size);
+        let mut tags = Vec::new();
+        for level in 1..=4 {
+            let outer = wrap(&digest, size);
+            let tag = format!("level{level}");
+            digest = registry.put_manifest("nested/app", &tag, ManifestFormat::Oci.index_media_type(), &outer).await;
+            size = outer.len();
+            tags.push(tag);
+        }
+        let berthd = Berthd::start(BerthdConfig::default().insecure(&registry.host())).await;
+        let wanted = &inner.for_platform(&Platform::host()).image_id;
+        let two_deep = format!("{}/nested/app:level1", registry.host());
+        let image_ref = berthd.pull(&two_deep).await.unwrap_or_else(|s| panic!("pull {two_deep}: {s:?}"));
+        assert_eq!(&image_ref, wanted);
+        let five_deep = format!("{}/nested/app:level4", registry.host());
+        let refused = berthd.pull(&five_deep).await.expect_err("indexes nested five deep must be refused");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("nests indexes"), "the error must say the index is nested: {refused:?}");
+    });
+}
+
+/// The size of the manifest `digest` as the registry serves it.
+async fn manifest_len(registry: &TestRegistry, repo: &str, digest: &str) -> usize {
+    let url = format!("{}/v2/{repo}/manifests/{digest}", registry.url());
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("accept", ManifestFormat::Oci.index_media_type())
+        .send()
+        .await
+        .expect("GET manifest");
+    response.bytes().await.expect("manifest body").len()
+}
+
 /// Every layer codec and both manifest formats, each checked by the unpacked file's
 /// content (found by its unique name under `<root>/snapshots`).
 #[test]
@@ -511,9 +570,10 @@ fn a_corrupted_layer_is_rejected_and_leaves_nothing() {
         let reference = format!("{}/corrupt/app:v1", registry.host());
         let refused = berthd.pull(&reference).await.expect_err("a layer that does not match its digest must fail the pull");
         assert!(
-            refused.message().to_lowercase().contains("digest"),
-            "the error must say the digest did not match: {refused:?}"
+            refused.message().contains(&format!("digest mismatch: expected {layer}, got ")),
+            "the error must say the layer's digest did not match: {refused:?}"
         );
+        assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
         assert!(!has_blob(berthd.root(), layer), "the corrupted layer must not be in the content store");
         verified_blobs(berthd.root());
         assert!(snapshot_dirs(berthd.root()).is_empty(), "no snapshot may come of a failed pull");
@@ -524,6 +584,36 @@ fn a_corrupted_layer_is_rejected_and_leaves_nothing() {
         let image_ref = berthd.pull(&reference).await.unwrap_or_else(|s| panic!("pull after restore: {s:?}"));
         assert_eq!(image_ref, pushed.image_id);
         assert!(has_blob(berthd.root(), layer));
+    });
+}
+
+/// A compressed layer altered in the registry no longer decompresses: the cause to
+/// report is still its digest, not a malformed layer.
+#[test]
+fn a_corrupted_compressed_layer_is_a_digest_mismatch() {
+    common::run(|| async {
+        let registry = TestRegistry::start().await;
+        let image = TestImage::new(vec![TestLayer::random("payload.bin", 256 << 10, 8, Compression::Gzip)]);
+        let pushed = registry.push("corrupt/gzip", "v1", &image).await;
+        let layer = &pushed.layer_digests[0];
+        let stored = registry.blob_path(layer);
+        let mut corrupted = std::fs::read(&stored).expect("read registry blob");
+        let middle = corrupted.len() / 2;
+        corrupted[middle] ^= 0xff;
+        std::fs::write(&stored, &corrupted).expect("corrupt registry blob");
+
+        let berthd = Berthd::start(BerthdConfig::default().insecure(&registry.host())).await;
+        let refused = berthd
+            .pull(&format!("{}/corrupt/gzip:v1", registry.host()))
+            .await
+            .expect_err("a corrupted layer must fail the pull");
+        assert!(
+            refused.message().contains(&format!("digest mismatch: expected {layer}, got ")),
+            "the error must say the layer's digest did not match: {refused:?}"
+        );
+        assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+        assert!(!has_blob(berthd.root(), layer));
+        assert!(snapshot_dirs(berthd.root()).is_empty(), "no snapshot may come of a failed pull");
     });
 }
 

@@ -21,8 +21,12 @@ fn image_code(error: &ImageError) -> Code {
             ImageError::Registry(e) => match e.cause() {
                 RegistryError::NotFound { .. } => Code::NotFound,
                 RegistryError::Unauthorized { .. } => Code::Unauthenticated,
-                RegistryError::DigestMismatch { .. } => Code::DataLoss,
+                // Content that is not what its descriptor promised.
+                RegistryError::DigestMismatch { .. }
+                | RegistryError::LongerThanDeclared { .. }
+                | RegistryError::ShorterThanDeclared { .. } => Code::DataLoss,
                 RegistryError::NoMatchingPlatform { .. }
+                | RegistryError::NestedIndexTooDeep { .. }
                 | RegistryError::UnsupportedMediaType { .. }
                 | RegistryError::InvalidManifest { .. } => Code::FailedPrecondition,
                 _ => Code::Unavailable,
@@ -30,6 +34,7 @@ fn image_code(error: &ImageError) -> Code {
             ImageError::Content(ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. })
             | ImageError::DiffIdMismatch { .. } => Code::DataLoss,
             ImageError::Unpack { .. } | ImageError::InvalidImage { .. } => Code::FailedPrecondition,
+            ImageError::NoSpace { .. } => Code::ResourceExhausted,
             ImageError::Content(_)
             | ImageError::Store(_)
             | ImageError::Snapshot(_)

@@ -14,7 +14,7 @@ use super::digest::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
-    #[error("blob {expected}: digest mismatch, the registry sent {actual}")]
+    #[error("blob {expected}: digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {digest}: size mismatch, expected {expected} bytes, got {actual}")]
     SizeMismatch { digest: Digest, expected: u64, actual: u64 },
@@ -128,18 +128,24 @@ impl BlobWriter {
     /// Verifies, fsyncs and renames the blob into place, then fsyncs the directory
     /// so the rename itself survives a power cut.
     pub fn commit(mut self) -> Result<(), ContentError> {
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
-        if let Some(expected) = self.expected_size.filter(|&s| s != self.written) {
-            return Err(ContentError::SizeMismatch { digest: self.expected.clone(), expected, actual: self.written });
-        }
-        if actual != self.expected {
-            return Err(ContentError::DigestMismatch { expected: self.expected.clone(), actual });
-        }
+        self.verify()?;
         let temp = self.temp.take().expect("commit runs once");
         self.file.sync_all().map_err(io_err(&temp))?;
         let target = self.blobs.join(self.expected.hex());
         fs::rename(&temp, &target).map_err(io_err(&target))?;
         File::open(&self.blobs).and_then(|d| d.sync_all()).map_err(io_err(&self.blobs))
+    }
+
+    /// Checks what was written against the expected size and digest.
+    pub fn verify(&self) -> Result<(), ContentError> {
+        if let Some(expected) = self.expected_size.filter(|&s| s != self.written) {
+            return Err(ContentError::SizeMismatch { digest: self.expected.clone(), expected, actual: self.written });
+        }
+        let actual = Digest::from_hasher(self.hasher.clone());
+        if actual != self.expected {
+            return Err(ContentError::DigestMismatch { expected: self.expected.clone(), actual });
+        }
+        Ok(())
     }
 
     /// The digest and size of what was written so far.

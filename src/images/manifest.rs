@@ -277,19 +277,29 @@ fn is_attestation(desc: &Descriptor) -> bool {
 }
 
 /// The index entry to run on `want`: the best of the compatible platforms, the
-/// first such entry when several are equal. Entries without a platform, nested
-/// indexes and attestation manifests are never chosen.
+/// first such entry when several are equal. A nested index is a candidate too
+/// (the caller follows it): at its platform's rank after the manifests of that
+/// rank, or, without a platform, after every platform match. Manifests without a
+/// platform and attestation manifests are never chosen.
 pub fn select_platform<'a>(index: &'a Index, want: &Platform) -> Option<&'a Descriptor> {
     let preference = compatible_platforms(want);
     index
         .manifests
         .iter()
-        .filter(|desc| is_manifest_media_type(&desc.media_type) && !is_attestation(desc))
+        .filter(|desc| {
+            (is_manifest_media_type(&desc.media_type) || is_index_media_type(&desc.media_type)) && !is_attestation(desc)
+        })
         .filter_map(|desc| {
-            let platform = desc.platform.as_ref()?;
-            let candidate = normalise(&platform.os, &platform.architecture, platform.variant.as_deref());
-            let rank = preference.iter().position(|p| *p == candidate)?;
-            Some((rank, desc))
+            let nested = is_index_media_type(&desc.media_type);
+            let rank = match desc.platform.as_ref() {
+                Some(platform) => {
+                    let candidate = normalise(&platform.os, &platform.architecture, platform.variant.as_deref());
+                    preference.iter().position(|p| *p == candidate)?
+                }
+                None if nested => preference.len(),
+                None => return None,
+            };
+            Some(((rank, nested), desc))
         })
         .min_by_key(|(rank, _)| *rank)
         .map(|(_, desc)| desc)
@@ -384,6 +394,17 @@ mod tests {
             entry(4, OCI_MANIFEST, Some(platform("linux", "amd64", None))),
         ]);
         assert_eq!(chosen(&index, platform("linux", "amd64", None)), Some(3));
+    }
+
+    #[test]
+    fn a_nested_index_is_chosen_when_no_manifest_matches_as_well() {
+        let nested = index_of(vec![
+            entry(1, OCI_INDEX, None),
+            entry(2, OCI_MANIFEST, Some(platform("linux", "arm64", None))),
+            entry(3, OCI_INDEX, Some(platform("linux", "amd64", None))),
+        ]);
+        assert_eq!(chosen(&nested, platform("linux", "amd64", None)), Some(3));
+        assert_eq!(chosen(&nested, platform("linux", "s390x", None)), Some(1));
     }
 
     #[test]

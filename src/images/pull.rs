@@ -1,8 +1,11 @@
 //! The pull pipeline. Per layer, one pass over the bytes: the registry's stream is
 //! written to the content store's ingest file and hashed, decompressed, hashed
 //! again (the diff id) and unpacked into a fresh snapshot directory, all at once.
-//! Layers run in parallel, each on its own blocking thread, bounded by
+//! Layers run in parallel, each on its own blocking thread, bounded per pull by
 //! `max_concurrent_downloads`. Nothing becomes visible until both digests match.
+//! The registry client bounds every body by its declared size and fails a stalled
+//! one; a pull whose future is dropped (its last caller went away) stops its
+//! downloads and leaves nothing in ingest.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -12,9 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
 
 use super::compression::Compression;
-use super::content::BlobWriter;
+use super::content::{BlobWriter, ContentError};
 use super::digest::Digest;
 use super::error::ImageError;
 use super::manifest::{self, Descriptor, ImageConfig};
@@ -37,6 +41,10 @@ impl Inner {
         reference: Reference,
         credentials: Option<Credentials>,
     ) -> Result<String, ImageError> {
+        self.pull_steps(reference, credentials).await.map_err(ImageError::or_no_space)
+    }
+
+    async fn pull_steps(self: Arc<Self>, reference: Reference, credentials: Option<Credentials>) -> Result<String, ImageError> {
         let started = Instant::now();
         tracing::info!(image = %reference, "pulling image");
         let resolved = self.registry.resolve(&reference, credentials.as_ref(), &manifest::host_platform()).await?;
@@ -66,8 +74,15 @@ impl Inner {
         {
             let _claims = ImageService::claim(&self, diff_ids.iter().map(Digest::to_string).collect());
             self.content.put(&parsed.config.digest, &config_bytes)?;
+            // Per pull, as containerd does: a registry that holds this pull's
+            // downloads cannot hold another pull's.
+            let downloads = Semaphore::new(self.max_concurrent_downloads);
             let implicit_dirs = futures::future::try_join_all(
-                parsed.layers.iter().zip(diff_ids).map(|(layer, diff_id)| self.ensure_layer(source, layer, diff_id)),
+                parsed
+                    .layers
+                    .iter()
+                    .zip(diff_ids)
+                    .map(|(layer, diff_id)| self.ensure_layer(source, layer, diff_id, &downloads)),
             )
             .await?;
             self.adopt_implicit_dirs(diff_ids, implicit_dirs).await?;
@@ -135,18 +150,20 @@ impl Inner {
         source: &BlobSource,
         layer: &Descriptor,
         diff_id: &Digest,
+        downloads: &Semaphore,
     ) -> Result<Vec<PathBuf>, ImageError> {
         // Serialised per diff id: the same layer compressed two ways is still one
         // snapshot, and must not be unpacked twice at once.
         let lock = self.layer_locks.lock().expect("layer lock table poisoned").entry(diff_id.clone()).or_default().clone();
-        let result = async {
-            let _serialised = lock.lock().await;
+        let lock = LayerLock { inner: self, diff_id, lock };
+        {
+            let _serialised = lock.lock.lock().await;
             let unpacked = self.store.snapshot(&diff_id.to_string())?.is_some();
             if unpacked && self.content.contains(&layer.digest) {
                 tracing::debug!(layer = %layer.digest, "layer already present");
                 return Ok(Vec::new());
             }
-            let _download = self.downloads.acquire().await.map_err(|e| ImageError::Internal(e.to_string()))?;
+            let _download = downloads.acquire().await.map_err(|e| ImageError::Internal(e.to_string()))?;
             let mut attempt = 1;
             loop {
                 match self.fetch_layer(source, layer, diff_id, !unpacked).await {
@@ -160,12 +177,6 @@ impl Inner {
                 }
             }
         }
-        .await;
-        let mut locks = self.layer_locks.lock().expect("layer lock table poisoned");
-        if Arc::strong_count(&lock) == 2 {
-            locks.remove(diff_id);
-        }
-        result
     }
 
     /// Downloads the layer's blob and, when `unpack`, unpacks it into a new
@@ -211,6 +222,9 @@ impl Inner {
         // to report; otherwise the unpacker's verdict stands.
         download?;
         let (blob, unpacked) = unpacked?;
+        // The blob's own digest first: a layer altered in transit also changes
+        // its diff id, and the altered blob is the cause.
+        blob.verify()?;
         let inner = self.clone();
         let diff_key = diff_id.to_string();
         let commit = match unpacked {
@@ -280,6 +294,24 @@ impl Inner {
     }
 }
 
+/// A pull's hold on a layer's lock; the table forgets the lock once no pull holds
+/// it, also when the pull is cancelled while waiting.
+struct LayerLock<'a> {
+    inner: &'a Inner,
+    diff_id: &'a Digest,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for LayerLock<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.inner.layer_locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The table's reference and this one: nobody else wants the lock.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(self.diff_id);
+        }
+    }
+}
+
 type Unpacked = (PreparedSnapshot, UnpackStats, Digest);
 
 /// Runs on a blocking thread: tees the compressed chunks into the blob file and,
@@ -293,58 +325,102 @@ fn unpack_stream(
     layer: &Digest,
 ) -> Result<(BlobWriter, Option<Unpacked>), ImageError> {
     let io_err = |source| ImageError::Io { context: format!("layer {layer}"), source };
-    let mut tee = TeeReader { chunks, current: Bytes::new(), blob };
+    let mut tee = TeeReader { chunks, current: Bytes::new(), blob, write_error: None };
     let unpacked = match snapshot {
-        None => None,
-        Some(snapshot) => {
-            let compression = match declared {
-                Some(c) => c,
-                None => Compression::detect(tee.peek().map_err(io_err)?),
-            };
-            let decoder = compression.decoder(&mut tee).map_err(io_err)?;
-            let mut tar = HashingReader { inner: decoder, hasher: Sha256::new() };
-            let stats = unpack_layer(&mut tar, snapshot.fs_path())
-                .map_err(|source| ImageError::Unpack { layer: layer.clone(), source })?;
-            // The tar ends before its padding and the compressor's trailer; read
-            // them so both digests cover every byte.
-            io::copy(&mut tar, &mut io::sink()).map_err(io_err)?;
-            Some((snapshot, stats, Digest::from_hasher(tar.hasher)))
+        None => Ok(None),
+        Some(snapshot) => unpack_tee(&mut tee, snapshot, declared, layer).map(Some),
+    };
+    // A full disk is the cause whatever the bytes were; no need to read them all.
+    let unpacked = match unpacked {
+        Err(error) if error.is_full_disk() => return Err(error),
+        other => other,
+    };
+    let drained = io::copy(&mut tee, &mut io::sink());
+    if let Some(source) = tee.write_error.take() {
+        return Err(ImageError::Io { context: format!("layer {layer}: writing the blob to the content store"), source });
+    }
+    let unpacked = match unpacked {
+        Ok(unpacked) => unpacked,
+        // A layer that does not unpack is most often one whose bytes were altered
+        // (in transit or in the registry); then the digest is the cause to report.
+        Err(error) => {
+            let (actual, _) = tee.blob.written();
+            if drained.is_ok() && actual != *layer {
+                return Err(ContentError::DigestMismatch { expected: layer.clone(), actual }.into());
+            }
+            return Err(error);
         }
     };
-    io::copy(&mut tee, &mut io::sink()).map_err(io_err)?;
+    drained.map_err(io_err)?;
     Ok((tee.blob, unpacked))
 }
 
+/// Decompresses, hashes (the diff id) and unpacks the layer `tee` streams into
+/// `snapshot`.
+fn unpack_tee(
+    tee: &mut TeeReader,
+    snapshot: PreparedSnapshot,
+    declared: Option<Compression>,
+    layer: &Digest,
+) -> Result<Unpacked, ImageError> {
+    let io_err = |source| ImageError::Io { context: format!("layer {layer}"), source };
+    let compression = match declared {
+        Some(c) => c,
+        None => Compression::detect(tee.peek().map_err(io_err)?),
+    };
+    let decoder = compression.decoder(&mut *tee).map_err(io_err)?;
+    let mut tar = HashingReader { inner: decoder, hasher: Sha256::new() };
+    let stats =
+        unpack_layer(&mut tar, snapshot.fs_path()).map_err(|source| ImageError::Unpack { layer: layer.clone(), source })?;
+    // The tar ends before its padding and the compressor's trailer; read them so
+    // both digests cover every byte.
+    io::copy(&mut tar, &mut io::sink()).map_err(io_err)?;
+    Ok((snapshot, stats, Digest::from_hasher(tar.hasher)))
+}
+
 /// Reads the chunks the download task sends, writing each into the blob file as
-/// it passes.
+/// it passes. A failed write is kept, so that the blob's error (a full disk, say)
+/// is reported rather than what the tar reader made of it.
 struct TeeReader {
     chunks: tokio::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
     blob: BlobWriter,
+    write_error: Option<io::Error>,
 }
 
 impl TeeReader {
     /// Fills the current chunk (if the stream has one) and returns it unread.
     fn peek(&mut self) -> io::Result<&[u8]> {
-        if self.current.is_empty()
-            && let Some(chunk) = self.chunks.blocking_recv()
-        {
-            self.blob.write_all(&chunk)?;
-            self.current = chunk;
+        if self.current.is_empty() {
+            self.fill()?;
         }
         Ok(&self.current)
+    }
+
+    /// Takes the next chunk into `current` and the blob; false at the end.
+    fn fill(&mut self) -> io::Result<bool> {
+        if let Some(error) = &self.write_error {
+            return Err(io::Error::new(error.kind(), error.to_string()));
+        }
+        let Some(chunk) = self.chunks.blocking_recv() else { return Ok(false) };
+        if let Err(error) = self.blob.write_all(&chunk) {
+            let kept = match error.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(error.kind(), error.to_string()),
+            };
+            self.write_error = Some(kept);
+            return Err(error);
+        }
+        self.current = chunk;
+        Ok(true)
     }
 }
 
 impl Read for TeeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.chunks.blocking_recv() {
-                Some(chunk) => {
-                    self.blob.write_all(&chunk)?;
-                    self.current = chunk;
-                }
-                None => return Ok(0),
+            if !self.fill()? {
+                return Ok(0);
             }
         }
         let n = buf.len().min(self.current.len());
@@ -367,6 +443,15 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Worth another attempt within the pull: not a refusal, not wrong content, and
+/// not a stall (which already waited `download_stall_timeout_seconds`).
 fn is_transient(error: &RegistryError) -> bool {
-    !error.is_not_found() && !matches!(error.cause(), RegistryError::DigestMismatch { .. } | RegistryError::Unauthorized { .. })
+    !error.is_not_found()
+        && !matches!(
+            error.cause(),
+            RegistryError::DigestMismatch { .. }
+                | RegistryError::Unauthorized { .. }
+                | RegistryError::LongerThanDeclared { .. }
+                | RegistryError::Stalled { .. }
+        )
 }

@@ -5,11 +5,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
-use tokio::sync::Semaphore;
+use futures::future::{BoxFuture, FutureExt, WeakShared};
 
 use super::content::ContentStore;
 use super::digest::Digest;
@@ -65,14 +65,54 @@ pub(super) struct Inner {
     pub(super) registry: RegistryClient,
     /// The normalised sandbox image, pinned against removal by GC and reported so.
     sandbox_image: Option<String>,
-    pub(super) downloads: Semaphore,
+    /// `max_concurrent_downloads`: layer downloads one pull runs at once.
+    pub(super) max_concurrent_downloads: usize,
     /// One pull per normalised reference at a time; later callers wait on it.
-    inflight: Mutex<HashMap<String, Shared<BoxFuture<'static, PullResult>>>>,
+    /// Only the callers hold it (strongly): when the last goes, the pull stops.
+    /// Keyed by reference, with the pull's number so a finished pull never
+    /// removes its successor's entry.
+    inflight: Mutex<HashMap<String, (u64, WeakShared<BoxFuture<'static, PullResult>>)>>,
+    next_pull: AtomicU64,
     /// One fetch per layer at a time, across images that share it.
     pub(super) layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Blob digests and diff ids that running pulls have claimed but no image
     /// record references yet. GC must not take them; see `claim`.
     pub(super) claims: Mutex<HashMap<String, usize>>,
+}
+
+/// The task of one shared pull, owned by the future its callers wait on: dropping
+/// it (the last caller went away) cancels the pull.
+struct PullTask {
+    handle: tokio::task::JoinHandle<PullResult>,
+    inner: Arc<Inner>,
+    key: String,
+    id: u64,
+}
+
+impl PullTask {
+    async fn wait(mut self) -> PullResult {
+        (&mut self.handle).await.unwrap_or_else(|e| Err(Arc::new(ImageError::Internal(format!("pull task: {e}")))))
+    }
+}
+
+impl Drop for PullTask {
+    fn drop(&mut self) {
+        if !self.handle.is_finished() {
+            tracing::info!(image = %self.key, "every caller of the pull went away; cancelling it");
+            self.handle.abort();
+        }
+        self.inner.forget_pull(&self.key, self.id);
+    }
+}
+
+impl Inner {
+    /// Removes pull `id`'s entry from the table, unless a newer pull replaced it.
+    fn forget_pull(&self, key: &str, id: u64) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if inflight.get(key).is_some_and(|(current, _)| *current == id) {
+            inflight.remove(key);
+        }
+    }
 }
 
 /// Held by a pull for its duration; releases its claims on drop.
@@ -117,8 +157,9 @@ impl ImageService {
                 snapshots,
                 registry,
                 sandbox_image,
-                downloads: Semaphore::new(config.max_concurrent_downloads),
+                max_concurrent_downloads: config.max_concurrent_downloads,
                 inflight: Mutex::default(),
+                next_pull: AtomicU64::new(0),
                 layer_locks: Mutex::default(),
                 claims: Mutex::default(),
             }),
@@ -154,31 +195,35 @@ impl ImageService {
     }
 
     /// Pulls `image`, sharing the work with any pull of the same reference already
-    /// running. The pull runs as its own task, so a caller that gives up (a client
-    /// deadline) does not waste the download for the next one. Returns the image id.
+    /// running. The pull runs as its own task for as long as any caller waits on
+    /// it; when the last one gives up (its CRI client disconnected or hit its
+    /// deadline), the task is cancelled: its downloads close their connections and
+    /// its partial blobs and snapshots are removed. Returns the image id.
     pub async fn pull(&self, image: &str, credentials: Option<Credentials>) -> Result<String, ImageError> {
         let reference = Reference::parse(image)?;
         let key = reference.to_string();
         let shared = {
             let mut inflight = self.inner.inflight.lock().expect("inflight table poisoned");
-            if let Some(running) = inflight.get(&key) {
-                tracing::debug!(image = %key, "joining a pull already running");
-                running.clone()
-            } else {
-                let inner = self.inner.clone();
-                let task_key = key.clone();
-                let task = tokio::spawn(async move {
-                    let result = inner.clone().pull_uncached(reference, credentials).await.map_err(Arc::new);
-                    inner.inflight.lock().expect("inflight table poisoned").remove(&task_key);
-                    result
-                });
-                let shared = async move {
-                    task.await.unwrap_or_else(|e| Err(Arc::new(ImageError::Internal(format!("pull task: {e}")))))
+            match inflight.get(&key).and_then(|(_, weak)| weak.upgrade()) {
+                Some(running) => {
+                    tracing::debug!(image = %key, "joining a pull already running");
+                    running
                 }
-                .boxed()
-                .shared();
-                inflight.insert(key, shared.clone());
-                shared
+                None => {
+                    let id = self.inner.next_pull.fetch_add(1, Ordering::Relaxed);
+                    let inner = self.inner.clone();
+                    let task_key = key.clone();
+                    let handle = tokio::spawn(async move {
+                        let result = inner.clone().pull_uncached(reference, credentials).await.map_err(Arc::new);
+                        inner.forget_pull(&task_key, id);
+                        result
+                    });
+                    let task = PullTask { handle, inner: self.inner.clone(), key: key.clone(), id };
+                    let shared = task.wait().boxed().shared();
+                    let weak = shared.downgrade().expect("a pull that was never polled has not finished");
+                    inflight.insert(key, (id, weak));
+                    shared
+                }
             }
         };
         shared.await.map_err(ImageError::Shared)

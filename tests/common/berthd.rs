@@ -32,6 +32,10 @@ pub struct BerthdConfig {
     pub auths: Vec<(String, String, String)>,
     /// Any other key: (table, key, value); an empty table is the top level.
     pub settings: Vec<(String, String, toml::Value)>,
+    /// `registry.download_stall_timeout_seconds`.
+    pub download_stall_timeout_seconds: Option<u64>,
+    /// Puts berthd's root on a tmpfs of this many bytes (a disk that fills up).
+    pub root_tmpfs_bytes: Option<u64>,
 }
 
 impl BerthdConfig {
@@ -61,6 +65,16 @@ impl BerthdConfig {
 
     pub fn max_concurrent_downloads(mut self, count: u32) -> BerthdConfig {
         self.max_concurrent_downloads = Some(count);
+        self
+    }
+
+    pub fn download_stall_timeout_seconds(mut self, seconds: u64) -> BerthdConfig {
+        self.download_stall_timeout_seconds = Some(seconds);
+        self
+    }
+
+    pub fn root_on_tmpfs(mut self, bytes: u64) -> BerthdConfig {
+        self.root_tmpfs_bytes = Some(bytes);
         self
     }
 
@@ -104,6 +118,9 @@ impl BerthdConfig {
             auths.insert(host.clone(), toml::Value::Table(auth));
         }
         registry.insert("auths".into(), toml::Value::Table(auths));
+        if let Some(seconds) = self.download_stall_timeout_seconds {
+            registry.insert("download_stall_timeout_seconds".into(), toml::Value::Integer(seconds as i64));
+        }
         table.insert("registry".into(), toml::Value::Table(registry));
         for (name, key, value) in &self.settings {
             let target = if name.is_empty() {
@@ -126,6 +143,7 @@ pub struct Berthd {
     config_path: PathBuf,
     sentinel: PathBuf,
     child: Option<Child>,
+    root_is_tmpfs: bool,
 }
 
 impl Berthd {
@@ -139,7 +157,14 @@ impl Berthd {
         std::fs::create_dir_all(&sentinel).expect("create sentinel dir");
         let config_path = base.path().join("config.toml");
         std::fs::write(&config_path, config.to_toml(&root, &state, &socket)).expect("write berthd config");
-        let mut berthd = Berthd { base, root, state, socket, config_path, sentinel, child: None };
+        if let Some(bytes) = config.root_tmpfs_bytes {
+            std::fs::create_dir_all(&root).expect("create root mount point");
+            let options = std::ffi::CString::new(format!("size={bytes}")).expect("tmpfs options");
+            rustix::mount::mount("tmpfs", &root, "tmpfs", rustix::mount::MountFlags::empty(), options.as_c_str())
+                .expect("mount a tmpfs for berthd's root");
+        }
+        let root_is_tmpfs = config.root_tmpfs_bytes.is_some();
+        let mut berthd = Berthd { base, root, state, socket, config_path, sentinel, child: None, root_is_tmpfs };
         berthd.spawn().await;
         berthd
     }
@@ -267,13 +292,7 @@ impl Berthd {
     }
 
     async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
-        let socket = self.socket.clone();
-        Endpoint::from_static("http://berthd.invalid")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
-            }))
-            .await
+        channel_to(self.socket.clone()).await
     }
 
     async fn try_runtime_client(&self) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
@@ -291,6 +310,18 @@ impl Berthd {
     /// PullImage without credentials; the image ref berthd returns.
     pub async fn pull(&self, reference: &str) -> Result<String, tonic::Status> {
         self.pull_with_auth(reference, None).await
+    }
+
+    /// PullImage on a connection of its own, as a future that owns everything:
+    /// for a task the test aborts, as a client that goes away (kubelet's deadline,
+    /// a killed crictl) drops its call.
+    pub fn pull_future(&self, reference: &str) -> impl std::future::Future<Output = Result<String, tonic::Status>> + Send + 'static {
+        let (socket, reference) = (self.socket.clone(), reference.to_owned());
+        async move {
+            let channel = channel_to(socket).await.expect("connect to berthd's socket");
+            let request = PullImageRequest { image: Some(spec(&reference)), auth: None, sandbox_config: None };
+            Ok(ImageServiceClient::new(channel).pull_image(request).await?.into_inner().image_ref)
+        }
     }
 
     pub async fn pull_with_auth(&self, reference: &str, auth: Option<AuthConfig>) -> Result<String, tonic::Status> {
@@ -351,7 +382,19 @@ impl Drop for Berthd {
         // design, so the test removes it with its temporary directory.
         let pods = self.state.join("pods");
         let _ = rustix::mount::unmount(&pods, rustix::mount::UnmountFlags::DETACH);
+        if self.root_is_tmpfs {
+            let _ = rustix::mount::unmount(&self.root, rustix::mount::UnmountFlags::DETACH);
+        }
     }
+}
+
+async fn channel_to(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_static("http://berthd.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+        }))
+        .await
 }
 
 pub fn spec(reference: &str) -> ImageSpec {

@@ -12,6 +12,7 @@
 
 pub mod berthd;
 pub mod fs;
+pub mod hostile;
 pub mod image;
 pub mod proxy;
 pub mod registry;
@@ -22,6 +23,7 @@ use std::path::Path;
 
 pub use berthd::{Berthd, BerthdConfig};
 pub use image::{Compression, Entry, ManifestFormat, Platform, Pushed, PushedIndex, TestImage, TestLayer};
+pub use hostile::HostileRegistry;
 pub use proxy::TestProxy;
 pub use registry::TestRegistry;
 

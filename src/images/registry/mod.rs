@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::TryStreamExt;
+use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde::Deserialize;
@@ -32,12 +32,15 @@ use crate::images::manifest::{
 use crate::images::reference::Reference;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A registry that sends nothing for this long is stalled; large layers may still
-/// take as long as they need overall.
-const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Total time for requests whose bodies are small (manifests, configs).
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// A manifest fetched by tag has no declared size; containerd bounds it so too.
 const MANIFEST_LIMIT: u64 = 4 << 20;
+/// How deep an index may nest indexes before the platform's manifest.
+const MAX_INDEX_DEPTH: usize = 4;
+/// A layer download must receive at least this much per stall timeout: a registry
+/// trickling a few bytes a second is as stuck as a silent one.
+const MIN_PROGRESS_BYTES: u64 = 1024;
 const SMALL_BLOB_LIMIT: u64 = 16 << 20;
 const MAX_TRIES: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -71,6 +74,15 @@ pub enum RegistryError {
     Transport { url: String, source: reqwest::Error },
     #[error("{url}: the response is larger than the {limit}-byte limit")]
     TooLarge { url: String, limit: u64 },
+    #[error("blob {digest}: the registry sent more than the {declared} bytes the descriptor declares ({received} bytes received)")]
+    LongerThanDeclared { digest: Digest, declared: u64, received: u64 },
+    #[error("blob {digest}: the registry's body ended after {received} of the {declared} bytes the descriptor declares")]
+    ShorterThanDeclared { digest: Digest, declared: u64, received: u64 },
+    #[error("{url}: download stalled: less than {MIN_PROGRESS_BYTES} bytes arrived in {} s \
+             (registry.download_stall_timeout_seconds); {received} of {declared} bytes received", timeout.as_secs())]
+    Stalled { url: String, timeout: Duration, received: u64, declared: u64 },
+    #[error("{reference}: the index nests indexes more than {MAX_INDEX_DEPTH} deep before a manifest for {platform}")]
+    NestedIndexTooDeep { reference: String, platform: String },
     #[error("registry.mirrors[{registry:?}]: endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { registry: String, endpoint: String, reason: String },
     #[error("building the HTTP client: {}", error_chain(.0))]
@@ -158,14 +170,19 @@ struct ClientInner {
     /// The config's credentials per endpoint authority, for requests without their own.
     auths: BTreeMap<String, Arc<Credentials>>,
     tokens: TokenCache,
+    /// `registry.download_stall_timeout_seconds`.
+    stall_timeout: Duration,
 }
 
 impl RegistryClient {
     pub fn new(config: &RegistryConfig) -> Result<RegistryClient, RegistryError> {
+        let stall_timeout = Duration::from_secs(config.download_stall_timeout_seconds.max(1));
         let builder = || {
+            // A read that waits this long is a stall (manifests, configs, tokens);
+            // layer bodies also get the progress check of `open_blob`.
             reqwest::Client::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_IDLE_TIMEOUT)
+                .read_timeout(stall_timeout)
                 .user_agent(USER_AGENT)
         };
         let verifying = builder().build().map_err(RegistryError::Client)?;
@@ -194,6 +211,7 @@ impl RegistryClient {
                     })
                     .collect(),
                 tokens: TokenCache::default(),
+                stall_timeout,
             }),
         })
     }
@@ -321,7 +339,7 @@ impl BlobSource {
         }
         let response = self.get(&url, None, Some(SMALL_REQUEST_TIMEOUT)).await?;
         let response = self.check_status(response, &url, || format!("{}@{}", self.repository, desc.digest)).await?;
-        let bytes = read_capped(response, SMALL_BLOB_LIMIT, &url).await?;
+        let bytes = read_declared(response, &desc.digest, desc.size, &url).await?;
         let actual = Digest::of(&bytes);
         if actual != desc.digest {
             return Err(RegistryError::DigestMismatch { expected: desc.digest.clone(), actual });
@@ -331,38 +349,74 @@ impl BlobSource {
 
     /// A large blob (a layer) as a stream of chunks. Failures before the body
     /// starts are retried; a failure mid-body comes out of the stream. The caller
-    /// verifies the digest while consuming it.
+    /// verifies the digest while consuming it; the stream itself ends in an error
+    /// as soon as the body exceeds the declared size, ends short of it, or stalls
+    /// (see `MIN_PROGRESS_BYTES`), so nothing beyond the declared size is ever
+    /// handed on. Dropping the stream closes the connection.
     pub async fn open_blob(&self, desc: &Descriptor) -> Result<BlobStream, RegistryError> {
         let url = self.endpoint.blob_url(&self.repository, &desc.digest.to_string());
         tracing::debug!(%url, size = desc.size, "opening blob");
         let response = self.get(&url, None, None).await?;
         let response = self.check_status(response, &url, || format!("{}@{}", self.repository, desc.digest)).await?;
-        Ok(Box::pin(response.bytes_stream().map_err(move |source| RegistryError::Transport { url: url.clone(), source })))
+        let (digest, declared) = (desc.digest.clone(), desc.size);
+        if let Some(length) = response.content_length().filter(|&length| length > declared) {
+            return Err(RegistryError::LongerThanDeclared { digest, declared, received: length });
+        }
+        let progress = Progress {
+            body: Box::pin(response.bytes_stream()),
+            url,
+            digest,
+            declared,
+            received: 0,
+            stall_timeout: self.client.inner.stall_timeout,
+            window_bytes: 0,
+            window_waited: Duration::ZERO,
+        };
+        Ok(Box::pin(futures::stream::unfold(Some(progress), |state| async move {
+            let mut progress = state?;
+            match progress.next().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(progress))),
+                Ok(None) => None,
+                // The first error ends the stream.
+                Err(error) => Some((Err(error), None)),
+            }
+        })))
     }
 
     async fn resolve(&self, reference: &Reference, platform: &Platform) -> Result<Resolved, RegistryError> {
         let top = match (reference.digest(), reference.tag()) {
-            (Some(digest), _) => self.fetch_manifest(&digest.to_string(), Some(digest)).await?,
+            (Some(digest), _) => self.fetch_manifest(&digest.to_string(), Some((digest, MANIFEST_LIMIT))).await?,
             (None, Some(tag)) => self.fetch_manifest(tag, None).await?,
             (None, None) => self.fetch_manifest("latest", None).await?,
         };
         let repo_digest = top.digest.clone();
-        let (index, manifest) = if manifest::is_index_media_type(&top.media_type) {
-            let url = self.endpoint.manifest_url(&self.repository, &top.digest.to_string());
-            let index: Index = parse_document(&top.bytes, &url)?;
-            let Some(chosen) = manifest::select_platform(&index, platform) else {
+        // An index may name further indexes; they are followed to the manifest,
+        // a bounded number of levels deep. Only the top index is kept.
+        let mut index = None;
+        let mut manifest = top;
+        for depth in 0.. {
+            if !manifest::is_index_media_type(&manifest.media_type) {
+                break;
+            }
+            if depth == MAX_INDEX_DEPTH {
+                return Err(RegistryError::NestedIndexTooDeep {
+                    reference: reference.to_string(),
+                    platform: platform.to_string(),
+                });
+            }
+            let url = self.endpoint.manifest_url(&self.repository, &manifest.digest.to_string());
+            let parsed: Index = parse_document(&manifest.bytes, &url)?;
+            let Some(chosen) = manifest::select_platform(&parsed, platform) else {
                 return Err(RegistryError::NoMatchingPlatform {
                     reference: reference.to_string(),
                     platform: platform.to_string(),
-                    available: index.manifests.iter().filter_map(|d| d.platform.as_ref().map(Platform::to_string)).collect(),
+                    available: parsed.manifests.iter().filter_map(|d| d.platform.as_ref().map(Platform::to_string)).collect(),
                 });
             };
-            tracing::debug!(%reference, %platform, digest = %chosen.digest, "index entry chosen");
-            let child = self.fetch_manifest(&chosen.digest.to_string(), Some(&chosen.digest)).await?;
-            (Some(top), child)
-        } else {
-            (None, top)
-        };
+            tracing::debug!(%reference, %platform, digest = %chosen.digest, depth, "index entry chosen");
+            let child = self.fetch_manifest(&chosen.digest.to_string(), Some((&chosen.digest, chosen.size))).await?;
+            index.get_or_insert(std::mem::replace(&mut manifest, child));
+        }
         if !manifest::is_manifest_media_type(&manifest.media_type) {
             return Err(RegistryError::UnsupportedMediaType {
                 what: format!("{reference} manifest {}", manifest.digest),
@@ -383,7 +437,9 @@ impl BlobSource {
 
     /// Fetches a manifest or index by tag or digest; by digest the bytes must hash
     /// to it, by tag they must agree with `Docker-Content-Digest` when it is sent.
-    async fn fetch_manifest(&self, tag_or_digest: &str, expected: Option<&Digest>) -> Result<RawManifest, RegistryError> {
+    /// `expected` carries the digest with the size an index declares for it (or
+    /// `MANIFEST_LIMIT` when nothing declares one); by tag `MANIFEST_LIMIT` bounds it.
+    async fn fetch_manifest(&self, tag_or_digest: &str, expected: Option<(&Digest, u64)>) -> Result<RawManifest, RegistryError> {
         let url = self.endpoint.manifest_url(&self.repository, tag_or_digest);
         let response = self.get(&url, Some(MANIFEST_ACCEPT), Some(SMALL_REQUEST_TIMEOUT)).await?;
         let separator = if expected.is_some() { '@' } else { ':' };
@@ -399,9 +455,12 @@ impl BlobSource {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
-        let bytes = read_capped(response, MANIFEST_LIMIT, &url).await?;
+        let bytes = match expected {
+            Some((digest, size)) if size < MANIFEST_LIMIT => read_declared(response, digest, size, &url).await?,
+            _ => read_capped(response, MANIFEST_LIMIT, &url).await?,
+        };
         let digest = Digest::of(&bytes);
-        if let Some(expected) = expected.or(announced.as_ref())
+        if let Some(expected) = expected.map(|(d, _)| d).or(announced.as_ref())
             && *expected != digest
         {
             return Err(RegistryError::DigestMismatch { expected: expected.clone(), actual: digest });
@@ -536,7 +595,9 @@ pub(super) async fn send_with_retries(
                 tokio::time::sleep(delay).await;
             }
             Ok(response) => return Ok(response),
-            Err(error) if !last_try && (error.is_connect() || error.is_timeout()) => {
+            // A read timeout is a stall (`download_stall_timeout_seconds`), which
+            // fails the request rather than waiting that long again.
+            Err(error) if !last_try && error.is_connect() => {
                 tracing::debug!(url, error = error_chain(&error), attempt, delay = ?backoff, "retrying");
                 tokio::time::sleep(backoff).await;
             }
@@ -572,6 +633,92 @@ pub(super) async fn read_capped(mut response: reqwest::Response, limit: u64, url
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// The whole body of a blob whose descriptor declares `declared` bytes: refused
+/// as soon as it is known to be longer, and when it ends shorter.
+async fn read_declared(
+    mut response: reqwest::Response,
+    digest: &Digest,
+    declared: u64,
+    url: &str,
+) -> Result<Bytes, RegistryError> {
+    let longer = |received| RegistryError::LongerThanDeclared { digest: digest.clone(), declared, received };
+    if let Some(length) = response.content_length().filter(|&length| length > declared) {
+        return Err(longer(length));
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|source| RegistryError::Transport { url: url.to_string(), source })? {
+        let received = (body.len() + chunk.len()) as u64;
+        if received > declared {
+            return Err(longer(received));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if (body.len() as u64) < declared {
+        return Err(RegistryError::ShorterThanDeclared { digest: digest.clone(), declared, received: body.len() as u64 });
+    }
+    Ok(body.freeze())
+}
+
+/// A layer body being received, with the checks `open_blob` promises.
+struct Progress {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, reqwest::Error>> + Send>>,
+    url: String,
+    digest: Digest,
+    declared: u64,
+    received: u64,
+    stall_timeout: Duration,
+    /// Bytes and time spent waiting on the network since the window began; a
+    /// window closes once it has `MIN_PROGRESS_BYTES`. Time the consumer takes
+    /// (a slow disk pushing back) is not counted.
+    window_bytes: u64,
+    window_waited: Duration,
+}
+
+impl Progress {
+    async fn next(&mut self) -> Result<Option<Bytes>, RegistryError> {
+        let budget = self.stall_timeout.saturating_sub(self.window_waited);
+        let started = tokio::time::Instant::now();
+        let next = tokio::time::timeout(budget, self.body.next()).await;
+        self.window_waited += started.elapsed();
+        let chunk = match next {
+            Err(_) => return Err(self.stalled()),
+            Ok(None) if self.received < self.declared => {
+                return Err(RegistryError::ShorterThanDeclared {
+                    digest: self.digest.clone(),
+                    declared: self.declared,
+                    received: self.received,
+                });
+            }
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(source))) if source.is_timeout() => return Err(self.stalled()),
+            Ok(Some(Err(source))) => return Err(RegistryError::Transport { url: self.url.clone(), source }),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        self.received += chunk.len() as u64;
+        if self.received > self.declared {
+            return Err(RegistryError::LongerThanDeclared {
+                digest: self.digest.clone(),
+                declared: self.declared,
+                received: self.received,
+            });
+        }
+        self.window_bytes += chunk.len() as u64;
+        if self.window_bytes >= MIN_PROGRESS_BYTES {
+            (self.window_bytes, self.window_waited) = (0, Duration::ZERO);
+        }
+        Ok(Some(chunk))
+    }
+
+    fn stalled(&self) -> RegistryError {
+        RegistryError::Stalled {
+            url: self.url.clone(),
+            timeout: self.stall_timeout,
+            received: self.received,
+            declared: self.declared,
+        }
+    }
 }
 
 /// The start of an error body, for messages; reading stops after a few hundred bytes.
