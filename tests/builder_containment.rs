@@ -371,7 +371,7 @@ fn commit_of_a_container_that_swaps_its_files_for_links_reads_nothing_of_the_hos
             "mkdir -p /w; while :; do for n in 1 2 3 4 5 6; do rm -rf /w/d$n /w/f$n; mkdir /w/d$n; echo x > /w/d$n/secret; \
              echo y > /w/f$n; done; for n in 1 2 3 4 5 6; do rm -rf /w/d$n /w/f$n; ln -s {v} /w/d$n; ln -s {v}/secret /w/f$n; done; done"
         );
-        let (_pod, container) = run_container(&berthd, "busybox", &script).await;
+        let (pod, container) = run_container(&berthd, "busybox", &script).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut committed = 0;
         for round in 0..40 {
@@ -382,6 +382,10 @@ fn commit_of_a_container_that_swaps_its_files_for_links_reads_nothing_of_the_hos
                 eprintln!("commit {round}: {}", text(&output));
             }
         }
+        // The looping container must not outlive the test (its shim would).
+        let mut client = berthd.runtime_client().await;
+        client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("StopPodSandbox");
+        client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.expect("RemovePodSandbox");
         assert!(committed >= 30, "commits of a busy container should succeed ({committed}/40)\n{}", berthd.log());
         victim.assert_untouched("commit");
         victim.assert_not_leaked(berthd.root(), "commit of a container swapping in links");
