@@ -13,6 +13,7 @@
 pub mod berthd;
 pub mod fs;
 pub mod image;
+pub mod pods;
 pub mod proxy;
 pub mod registry;
 pub mod token;
