@@ -706,9 +706,111 @@ scenario_daemon_and_shim_killed() {
     check "crictl stopp answers" cri stopp "$pod"
     check "crictl rmp answers" cri rmp "$pod"
     check_eq "no shim left" "" "$(shim_pids_of_state)"
+    # runc keeps each container's state in a directory named by its id under the
+    # handler's root; with the shim gone berthd itself must have deleted them.
+    local runc_root="$DAEMON_STATE/runtime/runc" left_in_runc="" id
+    for id in "$pod" "$runner" "$exited"; do
+        [[ -n $id && -e $runc_root/$id ]] && left_in_runc+="$id "
+    done
+    check_eq "no runc state is left in $runc_root for the pod and its containers" "" "$left_in_runc"
     check "the pod's pause process (pid $pause) is gone once its pod is removed" pid_gone_within 5 "${pause:-0}"
     check_eq "no process is left in the pod's cgroups" "" "$(pod_cgroup_pids "$pod")"
     kill_pod_leftovers "$pod"
+    remove_all_pods
+}
+
+# The steps of RunPodSandbox, in the order a pod is made, at which berthd SIGKILLs
+# itself when BERTH_TEST_CRASH_AT names one (src/sandbox/intent.rs).
+CRASH_POINTS=(intent netns shim rootfs pause-created pause-started cni record)
+
+# pod_cgroup_dirs ID: the pod's cgroup directory in every hierarchy that has one.
+pod_cgroup_dirs() {
+    local hierarchy
+    for hierarchy in /sys/fs/cgroup /sys/fs/cgroup/*; do
+        [[ -d $hierarchy/berth/$1 ]] && echo "$hierarchy/berth/$1"
+    done
+}
+
+# check_half_made_pod_gone LABEL ID: after a restart, nothing of the pod ID a killed
+# berthd was making is left.
+check_half_made_pod_gone() {
+    local label=$1 id=$2
+    check_eq "$label: the half-made pod is not listed" "" "$(cri pods -q | grep -F "$id")"
+    check_eq "$label: no overlay mount of it" "" "$(overlay_mounts | grep -F "$id")"
+    check_eq "$label: no netns mount of it" "" "$(netns_mounts | grep -F "$id")"
+    check_eq "$label: no cgroup of it in any hierarchy" "" "$(pod_cgroup_dirs "$id")"
+    check_eq "$label: no IPAM allocation of it under /var/lib/cni/networks" "" "$(grep -rlF "$id" /var/lib/cni/networks/ 2>/dev/null)"
+    check_eq "$label: no shim of it" "" "$(pgrep -f "berth-shim --id $id")"
+    check_eq "$label: no runc state of it" "" "$(ls -d "$DAEMON_STATE/runtime/runc/$id" 2>/dev/null)"
+    check_eq "$label: no state directory of it" "" "$(ls -d "$DAEMON_STATE/pods/$id" "$DAEMON_STATE/containers/$id" 2>/dev/null)"
+}
+
+# new_pod_dir BEFORE: the pod state directory that was not in the listing BEFORE.
+new_pod_dir() {
+    comm -13 <(echo "$1") <(ls "$DAEMON_STATE/pods" 2>/dev/null) | head -1
+}
+
+scenario_crash_points() {
+    local point before id out
+    remove_all_pods
+    for point in "${CRASH_POINTS[@]}"; do
+        before=$(ls "$DAEMON_STATE/pods" 2>/dev/null)
+        daemon_stop
+        BERTH_TEST_CRASH_AT=$point daemon_start || { fail_check "$point: berthd starts with a crash point" "$(tail -5 "$DAEMON_LOG")"; return; }
+        if out=$(CRI_COMMAND_TIMEOUT=60 cri runp "$(pod_config "crash-$point")" 2>&1); then
+            fail_check "$point: runp does not complete when berthd dies in it" "$out"
+        else
+            pass_check "$point: runp does not complete when berthd dies in it"
+        fi
+        for _ in $(seq 1 50); do
+            daemon_running || break
+            sleep 0.1
+        done
+        if daemon_running; then
+            fail_check "$point: berthd killed itself at the crash point" "$out"
+            continue
+        fi
+        wait "$DAEMON_PID" 2>/dev/null
+        DAEMON_PID=""
+        id=$(new_pod_dir "$before")
+        check "$point: the half-made pod left its state directory" test -n "$id"
+        [[ -n $id ]] || continue
+        echo "$id" >>"$WORKDIR/pod-ids"
+        daemon_start || { fail_check "$point: berthd starts again after the crash" "$(tail -5 "$DAEMON_LOG")"; return; }
+        check_half_made_pod_gone "$point" "$id"
+    done
+    id=$(run_pod after-crashes) || { fail_check "a pod runs after the crashes" "$id"; return; }
+    check_eq "a pod runs after the crashes" SANDBOX_READY "$(pod_state "$id")"
+    remove_all_pods
+}
+
+# The same with kill -9 from outside, some milliseconds into runp (wherever that lands).
+scenario_killed_mid_runp() {
+    local delay before id runp
+    remove_all_pods
+    # The sandbox image is pulled first, so that the kills land in the pod's making.
+    id=$(run_pod warm-up) && cri rmp -f "$id" >/dev/null
+    for delay in 0.02 0.05 0.1 0.2 0.4; do
+        before=$(ls "$DAEMON_STATE/pods" 2>/dev/null)
+        cri runp "$(pod_config "killed-$delay")" >/dev/null 2>&1 &
+        runp=$!
+        sleep "$delay"
+        daemon_kill9
+        wait "$runp" 2>/dev/null
+        id=$(new_pod_dir "$before")
+        daemon_start || { fail_check "after ${delay}s: berthd starts again after kill -9" "$(tail -5 "$DAEMON_LOG")"; return; }
+        if [[ -z $id ]]; then
+            pass_check "after ${delay}s: the kill came before the pod had a state directory"
+            continue
+        fi
+        echo "$id" >>"$WORKDIR/pod-ids"
+        if [[ -n $(cri pods -q | grep -F "$id") ]]; then
+            pass_check "after ${delay}s: runp had completed before the kill"
+            cri rmp -f "$id" >/dev/null
+            continue
+        fi
+        check_half_made_pod_gone "after ${delay}s" "$id"
+    done
     remove_all_pods
 }
 
@@ -864,6 +966,8 @@ pod_scenario "stats and statsp" scenario_stats
 pod_scenario "update memory and cpu limits live" scenario_update
 pod_scenario "a container over its memory limit is OOMKilled" scenario_oom
 pod_scenario "kill -9 of berthd, then of the pod's shim" scenario_daemon_and_shim_killed
+pod_scenario "berthd killed at each step of runp: a restart removes what the call made" scenario_crash_points
+pod_scenario "kill -9 of berthd some ms into runp: a restart removes what the call made" scenario_killed_mid_runp
 pod_scenario "crictl events: the lifecycle stream of pods and containers" scenario_events
 pod_scenario "bad input fails cleanly and leaks nothing" scenario_bad_input
 pod_scenario "rmp -af leaves nothing behind" scenario_nothing_left_behind

@@ -202,39 +202,63 @@ scenario_back_pressure() {
     remove_all_pods
 }
 
-# disconnect_checks TRANSPORT: the client killed mid-exec.
+# crictl_pid_running MARKER: the pid of the crictl process whose command line holds MARKER.
+crictl_pid_running() {
+    local pid crictl
+    crictl=$(readlink -f "$CRICTL")
+    for pid in $(pgrep -f -- "$1"); do
+        [[ $(readlink -f "/proc/$pid/exe" 2>/dev/null) == "$crictl" ]] && echo "$pid" && return 0
+    done
+    return 1
+}
+
+# disconnect_checks TRANSPORT MODE MARKER: the client killed mid-exec, for MODE plain
+# (output only), -i (stdin) or -it (a terminal). The exec'd shell has a child,
+# `sleep MARKER`: the process crictl started and what it started must both go.
 disconnect_checks() {
-    local transport=$1 shim fds_before client out
+    local transport=$1 mode=$2 marker=$3 shim fds_before job client out
+    local command="sleep $marker & echo started; wait"
     shim=$(pod_shim_pid)
     fds_before=$(ls "/proc/$shim/fd" | wc -l)
-    # crictl itself is the last command of the pipeline, so $! is its pid.
-    (sleep 30) | "$CRICTL" --config "$CRICTL_CONFIG" exec --transport "$transport" -i "$CTR" sh -c 'echo started; exec sleep 4242' >"$WORKDIR/disconnect.out" 2>&1 &
-    client=$!
+    : >"$WORKDIR/disconnect.out"
+    case $mode in
+        plain) "$CRICTL" --config "$CRICTL_CONFIG" exec --transport "$transport" "$CTR" sh -c "$command" >"$WORKDIR/disconnect.out" 2>&1 & ;;
+        -i) (sleep 30) | "$CRICTL" --config "$CRICTL_CONFIG" exec --transport "$transport" -i "$CTR" sh -c "$command" >"$WORKDIR/disconnect.out" 2>&1 & ;;
+        -it) (sleep 30) | script -qec "$CRICTL --config $CRICTL_CONFIG exec -it --transport $transport $CTR sh -c '$command'" /dev/null >"$WORKDIR/disconnect.out" 2>&1 & ;;
+    esac
+    job=$!
     for _ in $(seq 1 50); do
         grep -q started "$WORKDIR/disconnect.out" && break
         sleep 0.1
     done
-    check_match "$transport: the exec runs" started "$(cat "$WORKDIR/disconnect.out")"
-    kill -KILL "$client" 2>/dev/null
-    wait "$client" 2>/dev/null
+    check_match "$transport $mode: the exec runs" started "$(cat "$WORKDIR/disconnect.out")"
+    client=$(crictl_pid_running "sleep $marker &")
+    check "$transport $mode: crictl (pid ${client:-none}) runs the exec" test -n "$client"
+    [[ -n $client ]] && kill -KILL "$client" 2>/dev/null
+    kill "$job" 2>/dev/null
+    wait "$job" 2>/dev/null
     for _ in $(seq 1 50); do
-        out=$(cri exec "$CTR" ps -o args 2>&1 | grep -c 'sleep 4242')
+        out=$(cri exec "$CTR" ps -o args 2>&1 | grep -c "sleep $marker")
         [[ $out == 0 ]] && break
         sleep 0.1
     done
-    check_eq "$transport: the exec'd process is gone with its client" 0 "$out"
+    check_eq "$transport $mode: the exec'd shell and its child are gone from the container with the client" 0 "$out"
     for _ in $(seq 1 50); do
         (($(ls "/proc/$shim/fd" | wc -l) <= fds_before)) && break
         sleep 0.1
     done
-    check_eq "$transport: the shim holds as many descriptors as before the exec" "$fds_before" "$(ls "/proc/$shim/fd" | wc -l)"
+    check_eq "$transport $mode: the shim holds as many descriptors as before the exec" "$fds_before" "$(ls "/proc/$shim/fd" | wc -l)"
 }
 
 scenario_disconnect() {
-    local out
+    local out transport mode marker=4240
     pod_with_ctr disconnect sleep 3600 || { fail_check "a pod with a sleeping container runs" "$POD $CTR"; return; }
-    disconnect_checks spdy
-    disconnect_checks websocket
+    for transport in spdy websocket; do
+        for mode in plain -i -it; do
+            marker=$((marker + 1))
+            disconnect_checks "$transport" "$mode" "$marker"
+        done
+    done
     # stdin that is still on its way when the client ends it reaches the process whole.
     out=$(head -c 2000000 /dev/zero | cri exec -i "$CTR" sh -c 'sleep 2; wc -c' 2>&1)
     check_eq "stdin waiting in the pipes when it ends is passed on before it closes" 2000000 "$(tr -d ' ' <<<"$out")"
@@ -340,6 +364,6 @@ scenario_if_wanted "exec -it over WebSocket and SPDY: a shell in a terminal" sce
 scenario_if_wanted "attach over SPDY and WebSocket: stdin, live output to several attachers, terminals, stdin_once" scenario_attach
 scenario_if_wanted "port-forward over SPDY and WebSocket to httpd in a pod" scenario_port_forward
 scenario_if_wanted "back-pressure: 1 GiB of exec output to a slow reader, memory stays bounded" scenario_back_pressure
-scenario_if_wanted "a client killed mid-exec leaks neither the process nor the shim's descriptors" scenario_disconnect
+scenario_if_wanted "a client killed mid-exec (plain, -i, -it) leaks neither the processes nor the shim's descriptors" scenario_disconnect
 scenario_if_wanted "unknown tokens and bad requests get bare errors" scenario_bad_urls
 finish

@@ -4,6 +4,7 @@
 pub mod builder;
 pub mod config;
 pub mod cri;
+pub mod durable;
 pub mod images;
 pub mod inroot;
 pub mod oci;

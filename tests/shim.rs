@@ -494,3 +494,31 @@ impl Drop for Helper {
         let _ = self.0.wait();
     }
 }
+
+/// A pid file outlives its shim, and after a reboot or a long time its number may
+/// belong to any process. Connecting through it must not adopt that process, and
+/// nothing berthd does to a shim it gave up on may reach it.
+#[tokio::test]
+async fn a_process_that_reused_the_shims_pid_is_left_alone() {
+    let pod = Pod::new().await;
+    let mut bystander = Command::new("sleep").arg("600").spawn().unwrap();
+    // A state directory whose socket still answers (the live shim's) but whose
+    // pid file names an unrelated process: the pid was reused.
+    let reused = pod.dir.join("reused");
+    std::fs::create_dir_all(&reused).unwrap();
+    std::os::unix::fs::symlink(pod.state_dir().join("shim.sock"), reused.join("shim.sock")).unwrap();
+    std::fs::write(reused.join("shim.pid"), bystander.id().to_string()).unwrap();
+    match ShimClient::connect(&reused).await {
+        Err(ShimError::Gone(message)) => assert!(message.contains("reused"), "{message}"),
+        Err(other) => panic!("expected Gone, got {other:?}"),
+        Ok(client) => {
+            // Shutting the shim down waits for the pid to exit, then SIGKILLs it.
+            let _ = client.kill_and_shutdown().await;
+        }
+    }
+    let alive = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(alive, "the process that took the shim's pid was killed");
+    pod.shim.kill_and_shutdown().await.unwrap();
+}

@@ -125,8 +125,73 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>, runtime_handler: String
     })
 }
 
-pub fn resources(r: &cri::LinuxContainerResources) -> Resources {
-    Resources {
+/// Kernel bounds of CFS bandwidth control, in microseconds (kernel/sched/core.c).
+const CPU_PERIOD_RANGE: std::ops::RangeInclusive<i64> = 1_000..=1_000_000;
+const MIN_CPU_QUOTA: i64 = 1_000;
+/// cpu.shares as cgroup v1 accepts them (and runc converts to cpu.weight).
+const CPU_SHARES_RANGE: std::ops::RangeInclusive<i64> = 2..=262_144;
+
+/// Checks what the kernel or runc would refuse only once the container is being
+/// made or changed: refused here, the client hears InvalidArgument naming the field
+/// (`prefix` is where the message sits in the request), not a runtime failure.
+fn validate_resources(r: &cri::LinuxContainerResources, prefix: &str) -> Result<(), Status> {
+    let field = |name: &str| format!("{prefix}.{name}");
+    if r.cpu_period != 0 && !CPU_PERIOD_RANGE.contains(&r.cpu_period) {
+        return Err(invalid(&field("cpu_period"), format!("{} is outside {CPU_PERIOD_RANGE:?} microseconds", r.cpu_period)));
+    }
+    if r.cpu_quota != 0 && r.cpu_quota != -1 && r.cpu_quota < MIN_CPU_QUOTA {
+        return Err(invalid(&field("cpu_quota"), format!("{} is below {MIN_CPU_QUOTA} microseconds (-1: unlimited)", r.cpu_quota)));
+    }
+    if r.cpu_shares != 0 && !CPU_SHARES_RANGE.contains(&r.cpu_shares) {
+        return Err(invalid(&field("cpu_shares"), format!("{} is outside {CPU_SHARES_RANGE:?}", r.cpu_shares)));
+    }
+    if r.memory_limit_in_bytes < 0 {
+        return Err(invalid(&field("memory_limit_in_bytes"), format!("{} is negative", r.memory_limit_in_bytes)));
+    }
+    let swap = r.memory_swap_limit_in_bytes;
+    if swap != 0 && swap != -1 && (swap < 0 || (r.memory_limit_in_bytes > 0 && swap < r.memory_limit_in_bytes)) {
+        return Err(invalid(
+            &field("memory_swap_limit_in_bytes"),
+            format!("{swap} must be -1 (unlimited) or at least memory_limit_in_bytes ({})", r.memory_limit_in_bytes),
+        ));
+    }
+    if !(-1000..=1000).contains(&r.oom_score_adj) {
+        return Err(invalid(&field("oom_score_adj"), format!("{} is outside -1000..=1000", r.oom_score_adj)));
+    }
+    for (name, list) in [("cpuset_cpus", &r.cpuset_cpus), ("cpuset_mems", &r.cpuset_mems)] {
+        if !list.is_empty() && !is_cpu_list(list) {
+            return Err(invalid(&field(name), format!("{list:?} is not a list like \"0-3,6\"")));
+        }
+    }
+    for (index, limit) in r.hugepage_limits.iter().enumerate() {
+        let size = limit.page_size.as_str();
+        let digits = size.trim_end_matches(['K', 'M', 'G', 'B']);
+        let valid_unit = matches!(&size[digits.len()..], "KB" | "MB" | "GB");
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || !valid_unit {
+            return Err(invalid(&field(&format!("hugepage_limits[{index}].page_size")), format!("{size:?} is not a size like \"2MB\"")));
+        }
+    }
+    for key in r.unified.keys() {
+        if key.is_empty() || key.contains('/') || key.starts_with('.') {
+            return Err(invalid(&field("unified"), format!("{key:?} is not a cgroup file name")));
+        }
+    }
+    Ok(())
+}
+
+/// A cpuset list: `N` or `N-M` (N <= M), separated by commas.
+fn is_cpu_list(list: &str) -> bool {
+    let number = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u32>().is_ok();
+    list.split(',').all(|part| match part.split_once('-') {
+        Some((low, high)) => number(low) && number(high) && low.parse::<u32>().ok() <= high.parse::<u32>().ok(),
+        None => number(part),
+    })
+}
+
+/// The resources of a request, checked; `prefix` names the message in errors.
+pub fn resources(r: &cri::LinuxContainerResources, prefix: &str) -> Result<Resources, Status> {
+    validate_resources(r, prefix)?;
+    Ok(Resources {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,
         cpu_shares: r.cpu_shares,
@@ -142,7 +207,7 @@ pub fn resources(r: &cri::LinuxContainerResources) -> Resources {
             .collect(),
         unified: sorted(r.unified.clone()),
         pids_limit: None,
-    }
+    })
 }
 
 fn cri_resources(r: &Resources) -> cri::LinuxContainerResources {
@@ -265,7 +330,7 @@ pub fn container_request(config: Option<cri::ContainerConfig>) -> Result<Contain
         tty: config.tty,
         stdin: config.stdin,
         stdin_once: config.stdin_once,
-        resources: linux.resources.as_ref().map(resources).unwrap_or_default(),
+        resources: linux.resources.as_ref().map(|r| resources(r, "config.linux.resources")).transpose()?.unwrap_or_default(),
         security,
     };
     Ok(ContainerRequest {
@@ -421,4 +486,50 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
 /// CRI label selectors: every pair must match.
 pub fn labels_match(selector: &HashMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(r: cri::LinuxContainerResources) -> String {
+        let status = resources(&r, "linux").expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        status.message().to_string()
+    }
+
+    #[test]
+    fn resources_the_kernel_would_refuse_are_invalid_arguments_naming_the_field() {
+        let base = cri::LinuxContainerResources::default;
+        assert!(refused(cri::LinuxContainerResources { cpu_period: 10, ..base() }).starts_with("linux.cpu_period:"));
+        assert!(refused(cri::LinuxContainerResources { cpu_quota: 5, ..base() }).starts_with("linux.cpu_quota:"));
+        assert!(refused(cri::LinuxContainerResources { cpu_shares: 1, ..base() }).starts_with("linux.cpu_shares:"));
+        assert!(refused(cri::LinuxContainerResources { oom_score_adj: 5000, ..base() }).starts_with("linux.oom_score_adj:"));
+        assert!(refused(cri::LinuxContainerResources { cpuset_cpus: "zero".into(), ..base() }).starts_with("linux.cpuset_cpus:"));
+        assert!(refused(cri::LinuxContainerResources { cpuset_mems: "3-1".into(), ..base() }).starts_with("linux.cpuset_mems:"));
+        let swap = cri::LinuxContainerResources { memory_limit_in_bytes: 1 << 30, memory_swap_limit_in_bytes: 1 << 20, ..base() };
+        assert!(refused(swap).starts_with("linux.memory_swap_limit_in_bytes:"));
+        let hugepages = vec![cri::HugepageLimit { page_size: "2XB".into(), limit: 1 }];
+        assert!(refused(cri::LinuxContainerResources { hugepage_limits: hugepages, ..base() }).contains("page_size"));
+        let unified = HashMap::from([("../memory.max".to_string(), "1".to_string())]);
+        assert!(refused(cri::LinuxContainerResources { unified, ..base() }).starts_with("linux.unified:"));
+    }
+
+    #[test]
+    fn what_kubelet_sends_is_accepted() {
+        let r = cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: -1,
+            oom_score_adj: -997,
+            cpuset_cpus: "0-1,3".into(),
+            cpuset_mems: "0".into(),
+            hugepage_limits: vec![cri::HugepageLimit { page_size: "2MB".into(), limit: 0 }],
+            unified: HashMap::from([("memory.high".to_string(), "max".to_string())]),
+        };
+        assert!(resources(&r, "linux").is_ok());
+        assert!(resources(&cri::LinuxContainerResources { cpu_quota: -1, ..Default::default() }, "linux").is_ok());
+    }
 }

@@ -26,9 +26,7 @@ pub struct CriRuntimeService {
     config: Config,
     pods: PodService,
     streaming: StreamingServer,
-    /// The previous CPU sample per container or pod, to turn cumulative usage into
-    /// a rate (nanocores) as the kubelet's summary API expects.
-    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    cpu_samples: CpuSamples,
     /// What each runtime handler can do, asked of its OCI runtime once at start-up.
     handler_features: Vec<cri::RuntimeHandler>,
 }
@@ -54,22 +52,11 @@ impl CriRuntimeService {
         if let Some(default) = handler_features.iter().find(|handler| handler.name == default_handler) {
             handler_features.push(cri::RuntimeHandler { name: String::new(), features: default.features });
         }
-        CriRuntimeService { config, pods, streaming, cpu_samples: Mutex::default(), handler_features }
+        CriRuntimeService { config, pods, streaming, cpu_samples: CpuSamples::default(), handler_features }
     }
 
     fn cpu_usage(&self, id: &str, stats: &Stats) -> cri::CpuUsage {
-        let mut samples = self.cpu_samples.lock().expect("cpu samples poisoned");
-        let nano_cores = samples.get(id).and_then(|&(at, usage)| {
-            let elapsed = stats.timestamp_nanos.checked_sub(at).filter(|&e| e > 0)?;
-            let used = stats.cpu_usage_ns.checked_sub(usage)?;
-            Some((used as u128 * 1_000_000_000 / elapsed as u128) as u64)
-        });
-        samples.insert(id.to_string(), (stats.timestamp_nanos, stats.cpu_usage_ns));
-        cri::CpuUsage {
-            timestamp: stats.timestamp_nanos,
-            usage_core_nano_seconds: Some(cri::UInt64Value { value: stats.cpu_usage_ns }),
-            usage_nano_cores: nano_cores.map(|value| cri::UInt64Value { value }),
-        }
+        self.cpu_samples.usage(id, stats)
     }
 
     fn memory_usage(stats: &Stats) -> cri::MemoryUsage {
@@ -132,6 +119,48 @@ impl CriRuntimeService {
             }),
             windows: None,
         })
+    }
+}
+
+/// The previous CPU sample per container or pod, to turn cumulative usage into a
+/// rate (nanocores) as the kubelet's summary API expects. An entry goes with its
+/// container or pod, so the map holds only what exists.
+#[derive(Default)]
+struct CpuSamples {
+    samples: Mutex<HashMap<String, (i64, u64)>>,
+}
+
+impl CpuSamples {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, u64)>> {
+        // Plain numbers: a panic elsewhere cannot leave an entry half-written.
+        self.samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn usage(&self, id: &str, stats: &Stats) -> cri::CpuUsage {
+        let mut samples = self.lock();
+        let nano_cores = samples.get(id).and_then(|&(at, usage)| {
+            let elapsed = stats.timestamp_nanos.checked_sub(at).filter(|&e| e > 0)?;
+            let used = stats.cpu_usage_ns.checked_sub(usage)?;
+            Some((used as u128 * 1_000_000_000 / elapsed as u128) as u64)
+        });
+        samples.insert(id.to_string(), (stats.timestamp_nanos, stats.cpu_usage_ns));
+        cri::CpuUsage {
+            timestamp: stats.timestamp_nanos,
+            usage_core_nano_seconds: Some(cri::UInt64Value { value: stats.cpu_usage_ns }),
+            usage_nano_cores: nano_cores.map(|value| cri::UInt64Value { value }),
+        }
+    }
+
+    fn forget<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut samples = self.lock();
+        for id in ids {
+            samples.remove(id);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -274,7 +303,15 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         if id.is_empty() {
             return Err(missing("pod_sandbox_id"));
         }
+        let removed: Vec<String> = match self.pods.pod(&id)? {
+            Some(pod) => {
+                let containers = self.pods.containers()?.into_iter().filter(|c| c.pod_id == pod.id).map(|c| c.id);
+                std::iter::once(pod.id.clone()).chain(containers).collect()
+            }
+            None => Vec::new(),
+        };
         self.pods.remove_pod(&id).await?;
+        self.cpu_samples.forget(removed.iter().map(String::as_str));
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -350,7 +387,10 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     }
 
     async fn remove_container(&self, request: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        self.pods.remove_container(&request.into_inner().container_id).await?;
+        let id = request.into_inner().container_id;
+        let removed = self.pods.container(&id)?.map(|c| c.id);
+        self.pods.remove_container(&id).await?;
+        self.cpu_samples.forget(removed.as_deref());
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -388,7 +428,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let request = request.into_inner();
         let linux = request.linux.ok_or_else(|| missing("linux"))?;
-        self.pods.update_resources(&request.container_id, convert::resources(&linux)).await?;
+        self.pods.update_resources(&request.container_id, convert::resources(&linux, "linux")?).await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
@@ -530,5 +570,37 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(at: i64, used: u64) -> Stats {
+        Stats {
+            timestamp_nanos: at,
+            cpu_usage_ns: used,
+            memory_usage: 0,
+            memory_working_set: 0,
+            memory_rss: 0,
+            page_faults: 0,
+            major_page_faults: 0,
+            pids: 0,
+        }
+    }
+
+    #[test]
+    fn cpu_rates_come_from_the_previous_sample_and_removed_objects_leave_none() {
+        let samples = CpuSamples::default();
+        assert_eq!(samples.usage("c1", &stats(1_000_000_000, 0)).usage_nano_cores, None);
+        let second = samples.usage("c1", &stats(2_000_000_000, 500_000_000));
+        assert_eq!(second.usage_nano_cores.map(|v| v.value), Some(500_000_000), "half a core");
+        samples.usage("c2", &stats(1, 1));
+        samples.usage("pod", &stats(1, 1));
+        assert_eq!(samples.len(), 3);
+        samples.forget(["c1", "pod"]);
+        samples.forget(None::<&str>);
+        assert_eq!(samples.len(), 1, "only the container that still exists keeps a sample");
     }
 }

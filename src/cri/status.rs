@@ -7,6 +7,7 @@ use crate::images::content::ContentError;
 use crate::images::registry::RegistryError;
 use crate::oci::SpecError;
 use crate::sandbox::SandboxError;
+use crate::shim::ShimError;
 
 impl From<ImageError> for Status {
     fn from(error: ImageError) -> Status {
@@ -55,14 +56,46 @@ impl From<SandboxError> for Status {
             SandboxError::AlreadyExists(_) => Code::AlreadyExists,
             SandboxError::FailedPrecondition(_) => Code::FailedPrecondition,
             SandboxError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            SandboxError::Shim(_) => Code::Unavailable,
+            SandboxError::Shim(e) => shim_code(e),
             SandboxError::Cni(_) | SandboxError::Netns(_) | SandboxError::Store(_) | SandboxError::Io { .. } => Code::Internal,
         };
         Status::new(code, error.to_string())
     }
 }
 
+/// The shim's own answers keep their meaning (its ttrpc codes are gRPC's); only
+/// a shim that cannot be reached is Unavailable, which clients retry.
+fn shim_code(error: &ShimError) -> Code {
+    match error {
+        ShimError::Gone(_) => Code::Unavailable,
+        ShimError::NotFound(_) => Code::NotFound,
+        ShimError::AlreadyExists(_) => Code::AlreadyExists,
+        ShimError::InvalidArgument(_) => Code::InvalidArgument,
+        ShimError::FailedPrecondition(_) => Code::FailedPrecondition,
+        ShimError::Timeout { .. } => Code::DeadlineExceeded,
+        ShimError::Spawn { .. } | ShimError::Io { .. } | ShimError::Shim { .. } => Code::Internal,
+    }
+}
+
 /// A required message field the client left out.
 pub(crate) fn missing(field: &str) -> Status {
     Status::invalid_argument(format!("{field} is required"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shims_codes_survive_the_cri_edge() {
+        let code = |error: ShimError| Status::from(SandboxError::Shim(error)).code();
+        assert_eq!(code(ShimError::NotFound("no exec".into())), Code::NotFound);
+        assert_eq!(code(ShimError::AlreadyExists("exec-1".into())), Code::AlreadyExists);
+        assert_eq!(code(ShimError::InvalidArgument("signal".into())), Code::InvalidArgument);
+        assert_eq!(code(ShimError::FailedPrecondition("running".into())), Code::FailedPrecondition);
+        assert_eq!(code(ShimError::Gone("connection reset".into())), Code::Unavailable);
+        let timeout = ShimError::Timeout { method: "Kill", timeout: std::time::Duration::from_secs(1) };
+        assert_eq!(code(timeout), Code::DeadlineExceeded);
+        assert_eq!(code(ShimError::Shim { method: "Update", message: "runc failed".into() }), Code::Internal);
+    }
 }

@@ -18,7 +18,7 @@ mod user;
 
 pub use host::{HostFacts, runtime_supports_recursive_read_only};
 pub use resources::linux_resources;
-pub use spec::{annotations, container_spec, exec_process, sandbox_spec};
+pub use spec::{SANDBOX_CGROUP_LEAF, annotations, container_spec, exec_process, sandbox_spec};
 pub use types::{
     AppArmor, ContainerSpec, Device, HugepageLimit, ImageDefaults, Mount, NamespaceMode, NamespaceOptions,
     PidNamespace, Propagation, Resources, SandboxContext, Seccomp, SecurityContext, SupplementalGroupsPolicy,

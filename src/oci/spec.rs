@@ -37,7 +37,7 @@ const SANDBOX_CPU_SHARES: u64 = 2;
 /// The cgroup of the pause container, below the pod's. Keeping it out of the
 /// pod cgroup itself leaves that one free of processes, which cgroup v2
 /// requires for a parent whose children have controllers enabled.
-const SANDBOX_CGROUP_LEAF: &str = "pause";
+pub const SANDBOX_CGROUP_LEAF: &str = "pause";
 
 /// containerd's default masked paths: kernel interfaces that leak host
 /// information or allow side channels.

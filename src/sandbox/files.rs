@@ -6,10 +6,10 @@
 //! started concurrently sees the old or the new content, never a torn one. They are
 //! world-readable: containers often run as a non-root user and must resolve names.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::netns::{detach, mount};
@@ -224,31 +224,16 @@ fn with_path(path: &Path, action: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{action} {}: {e}", path.display()))
 }
 
-/// Replaces `path` with `contents` atomically: temporary file in the same
-/// directory, fsync, rename, fsync of the directory.
+/// Replaces `path` with `contents` atomically (see [`crate::durable`]).
 pub(super) fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<PathBuf> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
-    let written = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&temp)?;
-        // Explicitly, because the process umask may have narrowed the mode above.
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(with_path(path, "writing", e));
-    }
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| with_path(dir, "syncing", e))?;
+    crate::durable::write_file(path, contents, 0o644).map_err(|e| with_path(path, "writing", e))?;
     Ok(path.to_path_buf())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o7777

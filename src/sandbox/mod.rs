@@ -9,6 +9,8 @@ pub mod netns;
 pub mod rootfs;
 
 mod error;
+mod intent;
+mod names;
 mod service;
 
 pub use error::SandboxError;

@@ -17,6 +17,8 @@ use super::cni::{Cni, PodNetwork};
 use super::error::SandboxError;
 use super::events::{LifecycleChange, LifecycleEvent, LifecycleEvents};
 use super::model::*;
+use super::names::{self, NameRegistry};
+use super::intent::{self, PodIntent, crash_point};
 use super::{files, netns, rootfs};
 use crate::config::Config;
 use crate::images::ImageService;
@@ -54,6 +56,8 @@ struct Inner {
     /// stop and remove all write the same record.
     records: tokio::sync::Mutex<()>,
     events: LifecycleEvents,
+    /// Pod and container names, reserved before a create does any work.
+    names: NameRegistry,
 }
 
 /// Undo steps of a half-built pod or container, run in reverse when a later step
@@ -121,8 +125,16 @@ impl PodService {
                 shims: Default::default(),
                 records: Default::default(),
                 events: LifecycleEvents::default(),
+                names: NameRegistry::default(),
             }),
         };
+        for pod in service.pods()? {
+            let c = &pod.config;
+            service.inner.names.claim(names::pod_name(&c.name, &c.namespace, &c.uid, c.attempt), &pod.id);
+        }
+        for container in service.containers()? {
+            service.inner.names.claim(names::container_name(&container.pod_id, &container.name, container.attempt), &container.id);
+        }
         service.recover().await?;
         Ok(service)
     }
@@ -206,16 +218,15 @@ impl PodService {
 
     pub async fn run_pod(&self, config: PodConfig) -> Result<String, SandboxError> {
         validate_pod(&config)?;
-        for pod in self.pods()? {
-            let c = &pod.config;
-            if c.name == config.name && c.namespace == config.namespace && c.uid == config.uid && c.attempt == config.attempt
-            {
-                return Err(SandboxError::AlreadyExists(format!(
-                    "pod sandbox {}/{} (uid {}, attempt {}) already exists as {}",
-                    c.namespace, c.name, c.uid, c.attempt, pod.id
-                )));
-            }
-        }
+        let id = new_id();
+        let c = &config;
+        let reservation =
+            self.inner.names.reserve(names::pod_name(&c.name, &c.namespace, &c.uid, c.attempt), &id).map_err(|holder| {
+                SandboxError::AlreadyExists(format!(
+                    "pod sandbox {}/{} (uid {}, attempt {}) already exists as {holder}",
+                    c.namespace, c.name, c.uid, c.attempt
+                ))
+            })?;
         let handler_name = if config.runtime_handler.is_empty() {
             self.inner.config.runtime.default_handler.clone()
         } else {
@@ -227,8 +238,9 @@ impl PodService {
             .ok_or_else(|| SandboxError::invalid("runtime_handler", format!("no runtime handler named {handler_name:?}")))?
             .clone();
 
-        let id = new_id();
-        Rollback::new().guard(async |rollback| self.build_pod(id, config, handler_name, handler, rollback).await).await
+        let id = Rollback::new().guard(async |rollback| self.build_pod(id, config, handler_name, handler, rollback).await).await?;
+        reservation.keep();
+        Ok(id)
     }
 
     async fn build_pod(
@@ -245,12 +257,27 @@ impl PodService {
             let dir = pod_dir.clone();
             rollback.push("pod dir", async move { drop(std::fs::remove_dir_all(dir)) });
         }
+        let cgroup_parent = pod_cgroup_parent(&id, &config);
+        let own_netns = config.network == NamespaceMode::Pod;
+        // Before the first side effect: a berthd killed from here on leaves what
+        // the next one needs to undo the rest (see `intent`).
+        let netns_target = own_netns.then(|| pod_dir.join("netns"));
+        intent::write(
+            &pod_dir,
+            &PodIntent {
+                id: id.clone(),
+                config: config.clone(),
+                handler: handler_name.clone(),
+                cgroup_parent: cgroup_parent.clone(),
+                netns: netns_target.clone(),
+            },
+        )?;
+        crash_point("intent");
 
         let mut netns_path = None;
         let mut cni = None;
-        if config.network == NamespaceMode::Pod {
+        if let Some(path) = netns_target {
             cni = Some(self.cni().map_err(SandboxError::FailedPrecondition)?);
-            let path = pod_dir.join("netns");
             // Creating a namespace parks a thread in it; keep that off the runtime's workers.
             let target = path.clone();
             tokio::task::spawn_blocking(move || netns::create(&target))
@@ -265,6 +292,7 @@ impl PodService {
                 });
             }
             netns_path = Some(path);
+            crash_point("netns");
         }
 
         let hostname = pod_hostname(&config);
@@ -288,14 +316,19 @@ impl PodService {
         let network_setup = async {
             let began = std::time::Instant::now();
             let added = match (&cni, &netns_path) {
-                (Some(cni), Some(path)) => Some(cni.add(&pod_network(&id, &config, path)).await),
+                (Some(cni), Some(path)) => {
+                    let added = cni.add(&pod_network(&id, &config, path)).await;
+                    crash_point("cni");
+                    Some(added)
+                }
                 _ => None,
             };
             (added, began.elapsed())
         };
         let pause_setup = async {
             let began = std::time::Instant::now();
-            (self.start_pause(&id, &config, &handler_name, &handler, netns_path.clone(), rollback).await, began.elapsed())
+            let pause = self.start_pause(&id, &config, &handler_name, &handler, netns_path.clone(), &cgroup_parent, rollback).await;
+            (pause, began.elapsed())
         };
         let ((network, network_time), (pause, pause_time)) = tokio::join!(network_setup, pause_setup);
         let network = match network {
@@ -314,7 +347,7 @@ impl PodService {
                 Some(status)
             }
         };
-        let (shim, pid, cgroup_parent) = pause?;
+        let (shim, pid) = pause?;
         let ips: Vec<String> =
             network.as_ref().map(|status| status.ips.iter().map(|ip| ip.to_string()).collect()).unwrap_or_default();
         let primary_ip = ips.first().and_then(|ip| ip.parse().ok());
@@ -334,6 +367,7 @@ impl PodService {
             cgroup_parent,
             handler: handler_name,
         };
+        crash_point("record");
         self.inner.store.put(Kind::Pod, &id, &record)?;
         self.inner.shims.lock().await.insert(id.clone(), shim);
         self.inner.events.announce(&id, &id, LifecycleChange::Created, record.created_at_nanos);
@@ -350,8 +384,8 @@ impl PodService {
     }
 
     /// Starts the pod's shim and, in it, the pause container that holds the pod's
-    /// IPC/UTS/PID namespaces. Returns the shim, the pause process and the pod's
-    /// cgroup parent.
+    /// IPC/UTS/PID namespaces. Returns the shim and the pause process.
+    #[allow(clippy::too_many_arguments)]
     async fn start_pause(
         &self,
         id: &str,
@@ -359,32 +393,25 @@ impl PodService {
         handler_name: &str,
         handler: &crate::config::RuntimeHandler,
         netns_path: Option<PathBuf>,
+        cgroup_parent: &str,
         rollback: &mut Rollback,
-    ) -> Result<(Arc<ShimClient>, u32, String), SandboxError> {
+    ) -> Result<(Arc<ShimClient>, u32), SandboxError> {
         let sandbox_image = self.inner.config.sandbox_image.clone();
         let image_id = match self.inner.images.status(&sandbox_image)? {
             Some(image) => image.id,
             None => self.inner.images.pull(&sandbox_image, None).await?,
         };
         let image_config = self.inner.images.image_config(&image_id)?;
-        let cgroup_parent =
-            if config.cgroup_parent.is_empty() { format!("{DEFAULT_CGROUP_PARENT}/{id}") } else { config.cgroup_parent.clone() };
+        let (runtime_binary, runtime_root) = self.runtime_of(handler_name, handler)?;
         let shim = ShimClient::spawn(&SpawnOptions {
             shim_binary: self.inner.shim_binary.clone(),
             pod_id: id.to_string(),
             state_dir: self.shim_dir(id),
-            runtime_binary: find_in_path(&handler.path).ok_or_else(|| {
-                SandboxError::FailedPrecondition(format!(
-                    "runtime handler {handler_name:?}: {} not found",
-                    handler.path.display()
-                ))
-            })?,
-            runtime_root: handler
-                .root
-                .clone()
-                .unwrap_or_else(|| self.inner.config.state.join("runtime").join(handler_name)),
+            runtime_binary,
+            runtime_root,
         })
         .await?;
+        crash_point("shim");
         let shim = Arc::new(shim);
         {
             let shim = shim.clone();
@@ -394,15 +421,71 @@ impl PodService {
                 }
             });
         }
-        let context = self.sandbox_context(id, config, netns_path, None, &cgroup_parent);
+        let context = self.sandbox_context(id, config, netns_path, None, cgroup_parent);
         let defaults = image_defaults(&image_config);
         let command: Vec<String> = defaults.entrypoint.iter().chain(defaults.cmd.iter()).cloned().collect();
         let bundle = self.prepare_bundle(id, &image_id, rollback, |rootfs| {
             oci::sandbox_spec(&context, &defaults, rootfs, &command, &self.inner.host).map_err(Into::into)
         })?;
+        crash_point("rootfs");
         let pid = shim.create(CreateTask { id: id.to_string(), bundle, terminal: false, stdin: false, log_path: None }).await?;
+        crash_point("pause-created");
         shim.start(id).await?;
-        Ok((shim, pid, cgroup_parent))
+        crash_point("pause-started");
+        Ok((shim, pid))
+    }
+
+    /// The OCI runtime binary of a runtime handler and its state root (`--root`).
+    fn runtime_of(&self, handler_name: &str, handler: &crate::config::RuntimeHandler) -> Result<(PathBuf, PathBuf), SandboxError> {
+        let binary = find_in_path(&handler.path).ok_or_else(|| {
+            SandboxError::FailedPrecondition(format!("runtime handler {handler_name:?}: {} not found", handler.path.display()))
+        })?;
+        let root = handler.root.clone().unwrap_or_else(|| self.inner.config.state.join("runtime").join(handler_name));
+        Ok((binary, root))
+    }
+
+    /// Removes container `id` from the state root of the pod's OCI runtime, for
+    /// when the shim that would have done so is gone.
+    async fn delete_runtime_state(&self, handler_name: &str, id: &str) -> Result<(), SandboxError> {
+        let handlers = self.inner.config.runtime.effective_handlers();
+        let Some(handler) = handlers.get(handler_name) else {
+            tracing::warn!(container = id, handler = handler_name, "no such runtime handler any more; its state stays");
+            return Ok(());
+        };
+        let (binary, root) = self.runtime_of(handler_name, handler)?;
+        crate::shim::runtime::force_delete(&binary, &root, id)
+            .await
+            .map_err(|e| SandboxError::FailedPrecondition(format!("removing {id} from {}: {e}", root.display())))?;
+        tracing::info!(container = id, root = %root.display(), "removed the runtime state the gone shim left");
+        Ok(())
+    }
+
+    /// Deletes container `id` through the pod's shim; when the shim is gone, from
+    /// the runtime's state root directly.
+    async fn delete_task(&self, pod_id: &str, handler_name: &str, id: &str) -> Result<(), SandboxError> {
+        let deleted = match self.shim(pod_id).await {
+            Ok(shim) => match shim.delete(id).await {
+                Err(crate::shim::ShimError::Gone(_)) => false,
+                Err(e) => {
+                    tracing::debug!(container = id, error = %e, "task delete");
+                    true
+                }
+                Ok(_) => true,
+            },
+            Err(_) => false,
+        };
+        if !deleted {
+            self.delete_runtime_state(handler_name, id).await?;
+        }
+        Ok(())
+    }
+
+    /// The runtime handler a pod was made with (the default one if the pod is gone).
+    fn handler_of(&self, pod_id: &str) -> String {
+        match self.pod(pod_id) {
+            Ok(Some(pod)) => pod.handler,
+            _ => self.inner.config.runtime.default_handler.clone(),
+        }
     }
 
     /// Mounts the overlay root filesystem of `owner` over `image_id` and writes the
@@ -497,11 +580,11 @@ impl PodService {
         for container in self.containers()?.into_iter().filter(|c| c.pod_id == pod.id) {
             self.remove_container(&container.id).await?;
         }
-        if let Ok(shim) = self.shim(&pod.id).await {
-            let _ = shim.delete(&pod.id).await;
-            if let Err(e) = shim.kill_and_shutdown().await {
-                tracing::warn!(pod = %pod.id, error = %e, "shim shutdown");
-            }
+        self.delete_task(&pod.id, &pod.handler, &pod.id).await?;
+        if let Ok(shim) = self.shim(&pod.id).await
+            && let Err(e) = shim.kill_and_shutdown().await
+        {
+            tracing::warn!(pod = %pod.id, error = %e, "shim shutdown");
         }
         self.inner.shims.lock().await.remove(&pod.id);
         self.remove_bundle(&pod.id)?;
@@ -520,6 +603,8 @@ impl PodService {
             }
         }
         self.inner.store.delete(Kind::Pod, &pod.id)?;
+        let c = &pod.config;
+        self.inner.names.release(&names::pod_name(&c.name, &c.namespace, &c.uid, c.attempt));
         self.inner.events.announce(&pod.id, &pod.id, LifecycleChange::Deleted, now_nanos());
         tracing::info!(pod = %pod.id, "pod sandbox removed");
         Ok(())
@@ -553,14 +638,10 @@ impl PodService {
         if name.is_empty() {
             return Err(SandboxError::invalid("config.metadata.name", "must not be empty"));
         }
-        for c in self.containers()?.into_iter().filter(|c| c.pod_id == pod.id) {
-            if c.name == name && c.attempt == attempt {
-                return Err(SandboxError::AlreadyExists(format!(
-                    "container {name} (attempt {attempt}) already exists in pod {} as {}",
-                    pod.id, c.id
-                )));
-            }
-        }
+        let id = new_id();
+        let reservation = self.inner.names.reserve(names::container_name(&pod.id, &name, attempt), &id).map_err(|holder| {
+            SandboxError::AlreadyExists(format!("container {name} (attempt {attempt}) already exists in pod {} as {holder}", pod.id))
+        })?;
         let image_summary = self
             .inner
             .images
@@ -568,17 +649,18 @@ impl PodService {
             .ok_or_else(|| SandboxError::NotFound { kind: "image", id: image.clone() })?;
         let image_config = self.inner.images.image_config(&image_summary.id)?;
         let log_path = match (&pod.config.log_directory, log_path) {
-            (Some(dir), Some(path)) if !path.as_os_str().is_empty() => Some(dir.join(path)),
+            (Some(dir), Some(path)) if !path.as_os_str().is_empty() => Some(contained_log_path(dir, &path)?),
             _ => None,
         };
 
-        let id = new_id();
-        Rollback::new()
+        let id = Rollback::new()
             .guard(async |rollback| {
                 self.build_container(id, pod, name, attempt, image, image_summary.id, image_config, log_path, spec, rollback)
                     .await
             })
-            .await
+            .await?;
+        reservation.keep();
+        Ok(id)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -815,16 +897,13 @@ impl PodService {
         if container.state == ContainerState::Running {
             self.stop_container_inner(&container.id, None).await?;
         }
-        if let Ok(shim) = self.shim(&container.pod_id).await
-            && let Err(e) = shim.delete(&container.id).await
-        {
-            tracing::debug!(container = %container.id, error = %e, "task delete");
-        }
+        self.delete_task(&container.pod_id, &self.handler_of(&container.pod_id), &container.id).await?;
         self.remove_bundle(&container.id)?;
         if let Some(log) = &container.log_path {
             let _ = std::fs::remove_file(log);
         }
         self.inner.store.delete(Kind::Container, &container.id)?;
+        self.inner.names.release(&names::container_name(&container.pod_id, &container.name, container.attempt));
         self.inner.events.announce(&container.id, &container.pod_id, LifecycleChange::Deleted, now_nanos());
         tracing::info!(container = %container.id, "container removed");
         Ok(())
@@ -1002,10 +1081,77 @@ impl PodService {
             if pods.iter().any(|p| p.id == name) {
                 continue;
             }
-            tracing::info!(pod = %name, "removing what a removed pod left");
-            let _ = netns::remove(&entry.path().join("netns"));
-            let _ = files::unmount_shm(&entry.path());
-            let _ = std::fs::remove_dir_all(entry.path());
+            tracing::info!(pod = %name, "removing what a removed or half-made pod left");
+            self.undo_half_made_pod(&name, &entry.path()).await;
+        }
+        self.sweep_unknown_bundles(&pods).await?;
+        Ok(())
+    }
+
+    /// Undoes what a RunPodSandbox that never finished (berthd died in it) or a
+    /// RemovePodSandbox cut short made: its address (CNI DEL), the pause container
+    /// in the runtime's root, the pod's cgroups, its rootfs and bundle, network
+    /// namespace and /dev/shm. What was made is found by the pod's id, which names
+    /// every one of these, and by the intent file written before the first of them.
+    async fn undo_half_made_pod(&self, id: &str, dir: &Path) {
+        let intent = intent::read(dir);
+        if let Some(intent) = &intent
+            && let Some(netns_path) = &intent.netns
+            && let Ok(cni) = self.cni()
+            && let Err(error) = cni.del(&pod_network(id, &intent.config, netns_path), None).await
+        {
+            tracing::warn!(pod = id, %error, "CNI DEL of a half-made pod");
+        }
+        let handler = intent.as_ref().map_or_else(|| self.inner.config.runtime.default_handler.clone(), |i| i.handler.clone());
+        if let Err(error) = self.delete_runtime_state(&handler, id).await {
+            tracing::warn!(pod = id, %error, "removing a half-made pod's pause container");
+        }
+        // Of a parent kubelet named, only the pause container's level is berth's.
+        let cgroup = match &intent {
+            Some(intent) if !intent.config.cgroup_parent.is_empty() => {
+                format!("{}/{}", intent.cgroup_parent.trim_end_matches('/'), oci::SANDBOX_CGROUP_LEAF)
+            }
+            _ => format!("{DEFAULT_CGROUP_PARENT}/{id}"),
+        };
+        match tokio::task::spawn_blocking(move || cgroup_tree::remove(&cgroup).map_err(|e| (cgroup, e))).await {
+            Ok(Err((cgroup, error))) => tracing::warn!(pod = id, %cgroup, %error, "removing a half-made pod's cgroups"),
+            Err(error) => tracing::warn!(pod = id, %error, "cgroup task"),
+            Ok(Ok(())) => {}
+        }
+        if let Err(error) = self.remove_bundle(id) {
+            tracing::warn!(pod = id, %error, "removing a half-made pod's rootfs");
+        }
+        let _ = netns::remove(&dir.join("netns"));
+        let _ = files::unmount_shm(dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Bundles (mounted rootfs, layer lease) of containers no record names: a
+    /// CreateContainer cut short by a crash. A shim that holds such a container
+    /// gets it killed and deleted first.
+    async fn sweep_unknown_bundles(&self, pods: &[PodRecord]) -> Result<(), SandboxError> {
+        let containers = self.containers()?;
+        let dir = self.inner.config.state.join("containers");
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().to_string();
+            if pods.iter().any(|p| p.id == id) || containers.iter().any(|c| c.id == id) {
+                continue;
+            }
+            tracing::info!(container = %id, "removing the bundle of a container no record names");
+            for pod in pods.iter().filter(|p| p.state == PodState::Ready) {
+                let Ok(shim) = self.shim(&pod.id).await else { continue };
+                if shim.state(&id).await.is_err() {
+                    continue;
+                }
+                let _ = shim.kill(&id, libc::SIGKILL as u32, true).await;
+                let _ = tokio::time::timeout(KILL_REAP_TIMEOUT, shim.wait(&id)).await;
+                if let Err(error) = shim.delete(&id).await {
+                    tracing::warn!(container = %id, %error, "deleting a container no record names");
+                }
+            }
+            if let Err(error) = self.remove_bundle(&id) {
+                tracing::warn!(container = %id, %error, "removing the bundle of a container no record names");
+            }
         }
         Ok(())
     }
@@ -1024,6 +1170,11 @@ fn unique_prefix<T>(items: Vec<T>, prefix: &str, id: impl Fn(&T) -> &String) -> 
         (Some(one), None) => Some(one),
         _ => None,
     }
+}
+
+/// The pod's cgroup parent: kubelet's, else berth's own `/berth/<id>`.
+fn pod_cgroup_parent(id: &str, config: &PodConfig) -> String {
+    if config.cgroup_parent.is_empty() { format!("{DEFAULT_CGROUP_PARENT}/{id}") } else { config.cgroup_parent.clone() }
 }
 
 fn pod_network<'a>(id: &'a str, config: &'a PodConfig, netns: &'a Path) -> PodNetwork<'a> {
@@ -1073,6 +1224,31 @@ fn image_defaults(config: &ImageConfig) -> ImageDefaults {
     }
 }
 
+/// `path` below the pod's log directory. CRI's `log_path` is relative to it; an
+/// absolute one would replace the directory (`Path::join`) and `..` would climb
+/// out, letting a container's log be written anywhere on the node: both are refused.
+fn contained_log_path(dir: &Path, path: &Path) -> Result<PathBuf, SandboxError> {
+    use std::path::Component;
+    let refuse = |reason: &str| SandboxError::invalid("config.log_path", format!("{}: {reason}", path.display()));
+    let mut below = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => below.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !below.pop() {
+                    return Err(refuse("climbs out of the pod's log_directory"));
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("must be relative to the pod's log_directory")),
+        }
+    }
+    if below.as_os_str().is_empty() {
+        return Err(refuse("names the log_directory itself, not a file in it"));
+    }
+    Ok(dir.join(below))
+}
+
 /// A bare program name is looked up in `PATH`, as a shell would; a path is kept.
 pub(crate) fn find_in_path(program: &Path) -> Option<PathBuf> {
     if program.components().count() > 1 {
@@ -1104,18 +1280,9 @@ fn parse_signal(name: &str) -> Result<i32, SandboxError> {
     Ok(signal)
 }
 
-/// Writes a file that must never be seen half-written: temp, fsync, rename.
+/// Writes a file that must never be seen half-written (see [`crate::durable`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
-    use std::io::Write;
-    let temp = path.with_extension("tmp");
-    let io = SandboxError::io(format!("writing {}", path.display()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&temp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    result.map_err(io)
+    crate::durable::write_file(path, bytes, 0o644).map_err(SandboxError::io(format!("writing {}", path.display())))
 }
 
 #[cfg(test)]
@@ -1128,6 +1295,17 @@ mod tests {
         assert_eq!(parse_signal("QUIT").unwrap(), libc::SIGQUIT);
         assert_eq!(parse_signal("9").unwrap(), 9);
         assert!(parse_signal("SIGNOPE").is_err());
+    }
+
+    #[test]
+    fn log_paths_stay_below_the_log_directory() {
+        let dir = Path::new("/var/log/pods/p");
+        assert_eq!(contained_log_path(dir, Path::new("app/0.log")).unwrap(), dir.join("app/0.log"));
+        assert_eq!(contained_log_path(dir, Path::new("./a/../b.log")).unwrap(), dir.join("b.log"));
+        for bad in ["/etc/passwd", "../../x", "a/../../x", ".", "a/.."] {
+            let error = contained_log_path(dir, Path::new(bad)).expect_err(bad);
+            assert!(matches!(&error, SandboxError::InvalidArgument { field, .. } if field == "config.log_path"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::ttrpc::r#async::Client;
 use containerd_shim_protos::ttrpc::r#async::transport::Socket;
 use containerd_shim_protos::ttrpc::{self, Code};
+use std::os::unix::ffi::OsStrExt;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
@@ -144,6 +145,10 @@ pub struct Stats {
 pub struct ShimClient {
     state_dir: PathBuf,
     shim_pid: u32,
+    /// The shim process itself, whatever later takes its pid number: liveness and
+    /// SIGKILL go through it, never through the bare pid, which a berthd restart
+    /// may find reused by an unrelated process.
+    process: Arc<ShimProcess>,
     connection: Client,
     task: TaskClient,
 }
@@ -182,9 +187,7 @@ impl ShimClient {
         let pid_path = state_dir.join(PID_FILE);
         let pid_text = std::fs::read_to_string(&pid_path).map_err(|error| gone(format!("{}: {error}", pid_path.display())))?;
         let shim_pid: u32 = pid_text.trim().parse().map_err(|_| gone(format!("{}: not a pid: {:?}", pid_path.display(), pid_text.trim())))?;
-        if !process_alive(shim_pid) {
-            return Err(gone(format!("shim process {shim_pid} is not running")));
-        }
+        let process = ShimProcess::open(shim_pid, state_dir).map_err(gone)?;
         let socket_path = state_dir.join(SOCKET_FILE);
         let stream = tokio::time::timeout(CALL_TIMEOUT, UnixStream::connect(&socket_path))
             .await
@@ -192,7 +195,7 @@ impl ShimClient {
             .map_err(|error| gone(format!("connecting to {}: {error}", socket_path.display())))?;
         let connection = Client::new(Socket::from(stream));
         let task = TaskClient::new(connection.clone());
-        Ok(ShimClient { state_dir: state_dir.to_path_buf(), shim_pid, connection, task })
+        Ok(ShimClient { state_dir: state_dir.to_path_buf(), shim_pid, process: Arc::new(process), connection, task })
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -390,7 +393,7 @@ impl ShimClient {
             Some(limit) => match tokio::time::timeout(limit, wait).await {
                 Ok(exited) => (exited, false),
                 Err(_) => {
-                    let _ = self.signal_exec(id, &exec_id, libc::SIGKILL as u32).await;
+                    let _ = self.signal_exec(id, &exec_id, libc::SIGKILL as u32, true).await;
                     (self.call("Wait", Some(CALL_TIMEOUT), self.task.wait(Self::context(), &wait_request)).await, true)
                 }
             },
@@ -454,8 +457,8 @@ impl ShimClient {
         Ok(Attachment { stdin, stdout, stderr, exit, client: self.clone(), container_id: id.to_string() })
     }
 
-    async fn signal_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), ShimError> {
-        let kill = api::KillRequest { id: id.into(), exec_id: exec_id.into(), signal, ..Default::default() };
+    async fn signal_exec(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), ShimError> {
+        let kill = api::KillRequest { id: id.into(), exec_id: exec_id.into(), signal, all, ..Default::default() };
         self.call("Kill", Some(CALL_TIMEOUT), self.task.kill(Self::context(), &kill)).await?;
         Ok(())
     }
@@ -607,8 +610,7 @@ impl ShimClient {
         }
         if !self.wait_shim_exit(CALL_TIMEOUT).await {
             tracing::warn!(pid = self.shim_pid, "the shim ignored Shutdown; killing it");
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(self.shim_pid as i32, libc::SIGKILL) };
+            self.process.kill();
             self.wait_shim_exit(CALL_TIMEOUT).await;
         }
         Ok(())
@@ -623,7 +625,7 @@ impl ShimClient {
 
     async fn wait_shim_exit(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
-        while process_alive(self.shim_pid) {
+        while self.process.alive() {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -635,6 +637,82 @@ impl ShimClient {
 
 fn system_time(timestamp: &MessageField<containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp>) -> SystemTime {
     timestamp.as_ref().map(|timestamp| timestamp.clone().into()).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// A shim process, identified once at connect time: its pid must be running
+/// `berth-shim` for this very state directory (a pid file outlives its shim, and
+/// the number may since belong to anything), and from then on it is held by a
+/// pidfd, which keeps naming that process even after its number is reused.
+struct ShimProcess {
+    pid: u32,
+    /// `None` only on kernels without pidfds (before 5.3); then the identity is
+    /// checked again before each use of the pid.
+    pidfd: Option<std::os::fd::OwnedFd>,
+    state_dir: PathBuf,
+}
+
+impl ShimProcess {
+    fn open(pid: u32, state_dir: &Path) -> Result<ShimProcess, String> {
+        let raw = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| format!("{pid} is not a pid"))?;
+        let pidfd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Some(fd),
+            Err(rustix::io::Errno::NOSYS) => None,
+            Err(_) => return Err(format!("shim process {pid} is not running")),
+        };
+        // Checked after the pidfd was opened: if the number named our shim then,
+        // the pidfd names it too.
+        let process = ShimProcess { pid, pidfd, state_dir: state_dir.to_path_buf() };
+        if !process.is_our_shim() {
+            return Err(format!("process {pid} of the pid file is not this directory's shim (it exited and its pid was reused)"));
+        }
+        if !process.alive() {
+            return Err(format!("shim process {pid} is not running"));
+        }
+        Ok(process)
+    }
+
+    /// Whether the pid runs `--state-dir` of this directory, as the shim's command line has it.
+    fn is_our_shim(&self) -> bool {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", self.pid)) else { return false };
+        let mut args = cmdline.split(|&b| b == 0);
+        while let Some(arg) = args.next() {
+            if arg == b"--state-dir" {
+                let Some(dir) = args.next() else { return false };
+                let dir = Path::new(std::ffi::OsStr::from_bytes(dir));
+                return dir == self.state_dir
+                    || matches!((dir.canonicalize(), self.state_dir.canonicalize()), (Ok(a), Ok(b)) if a == b);
+            }
+        }
+        false
+    }
+
+    /// Whether the shim still runs. A zombie does not.
+    fn alive(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => {
+                use std::os::fd::AsRawFd;
+                let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd for the duration of the call; a zero
+                // timeout never blocks. A pidfd polls readable once its process exited.
+                let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+                ready == 0
+            }
+            None => process_alive(self.pid) && self.is_our_shim(),
+        }
+    }
+
+    fn kill(&self) {
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+            }
+            None if self.is_our_shim() => {
+                // SAFETY: kill has no memory effects.
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+            }
+            None => {}
+        }
+    }
 }
 
 /// Whether the process runs. A zombie does not: an exited shim waits as one
@@ -739,7 +817,13 @@ impl ExecControl {
     }
 
     pub async fn signal(&self, signal: u32) -> Result<(), ShimError> {
-        self.client.signal_exec(&self.container_id, &self.exec_id, signal).await
+        self.client.signal_exec(&self.container_id, &self.exec_id, signal, false).await
+    }
+
+    /// SIGKILLs the process and everything it started (its process group and
+    /// descendants), as a terminal's hangup would.
+    pub async fn kill_all(&self) -> Result<(), ShimError> {
+        self.client.signal_exec(&self.container_id, &self.exec_id, libc::SIGKILL as u32, true).await
     }
 
     fn context() -> ttrpc::context::Context {

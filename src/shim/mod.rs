@@ -38,6 +38,7 @@ mod cgroup;
 pub mod cgroup_tree;
 pub mod client;
 mod cri_log;
+mod process_tree;
 mod reaper;
 pub mod runtime;
 pub mod server;

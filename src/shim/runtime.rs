@@ -180,6 +180,28 @@ impl OciRuntime for RuncCli {
     }
 }
 
+/// `runtime --root ROOT delete --force ID`, run by berthd itself for a container
+/// whose shim is gone: nobody else would ever remove its state from the runtime's
+/// root. A container the runtime does not know is already deleted.
+pub async fn force_delete(binary: &Path, root: &Path, id: &str) -> Result<(), RuntimeError> {
+    if !root.join(id).exists() {
+        return Ok(());
+    }
+    let output = tokio::process::Command::new(binary)
+        .arg("--root")
+        .arg(root)
+        .args(["delete", "--force", id])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| RuntimeError::Spawn { binary: binary.to_path_buf(), source })?;
+    let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    if output.status.success() || message.contains("does not exist") || !root.join(id).exists() {
+        return Ok(());
+    }
+    Err(RuntimeError::Failed { binary: binary.to_path_buf(), command: "delete", message })
+}
+
 /// Reads the pid a runtime wrote to a pid file.
 pub fn read_pid_file(path: &Path) -> Result<u32, RuntimeError> {
     let text = std::fs::read_to_string(path).map_err(|source| RuntimeError::File { path: path.to_path_buf(), source })?;

@@ -230,11 +230,7 @@ async fn serve(config: ShimConfig, listener: UnixListener, ready: Option<io::Pip
     Ok(())
 }
 
-/// Writes a file through a fsynced temporary and a rename, so readers see all or nothing.
+/// Writes a file so readers see all or nothing (see [`crate::durable`]).
 fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    crate::durable::write_file(path, contents, 0o644)
 }

@@ -524,6 +524,13 @@ impl<R: OciRuntime> TaskService<R> {
         match state.phase {
             Phase::Created => Err(TaskError::FailedPrecondition(format!("container {}: {} was never started", request.id, process.kind()))),
             Phase::Stopped => Err(finished()),
+            // With `all`, what the process started goes too (see `process_tree`).
+            Phase::Running if request.all => {
+                if !super::process_tree::signal_tree(state.pid as i32, request.signal as i32) {
+                    return Err(finished());
+                }
+                Ok(())
+            }
             Phase::Running => {
                 // SAFETY: kill has no memory effects.
                 if unsafe { libc::kill(state.pid as i32, request.signal as i32) } != 0 {

@@ -14,6 +14,7 @@ pub mod berthd;
 pub mod fs;
 pub mod hostile;
 pub mod image;
+pub mod pods;
 pub mod proxy;
 pub mod registry;
 pub mod token;

@@ -79,8 +79,9 @@ pub async fn run_exec(pods: PodService, request: ExecRequest, events: mpsc::Rece
         exited = &mut exit => exited,
         _ = &mut client => {
             // Nobody can see the process's output or end its input any more: it is
-            // killed, as containerd does, and the exit waiter lets the shim forget it.
-            if let Err(error) = session.control.signal(libc::SIGKILL as u32).await {
+            // killed with all it started (a terminal's hangup would reach those, a
+            // pipe's end does not), and the exit waiter lets the shim forget it.
+            if let Err(error) = session.control.kill_all().await {
                 tracing::debug!(%error, "killing an exec whose client went away");
             }
             stoppers.iter().for_each(|pump| pump.abort());
