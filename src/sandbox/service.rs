@@ -417,6 +417,7 @@ impl PodService {
         let dir = self.container_dir(owner);
         let bundle = dir.join("bundle");
         let rootfs_dir = bundle.join("rootfs");
+        crate::store::layout::private_dir(&bundle).map_err(SandboxError::io(format!("creating {}", bundle.display())))?;
         std::fs::create_dir_all(&rootfs_dir).map_err(SandboxError::io(format!("creating {}", rootfs_dir.display())))?;
         {
             let dir = dir.clone();
@@ -1110,7 +1111,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     let temp = path.with_extension("tmp");
     let io = SandboxError::io(format!("writing {}", path.display()));
     let result = (|| {
-        let mut f = std::fs::File::create(&temp)?;
+        // 0600: a spec holds the container's environment (see store::layout).
+        let mut f = crate::store::layout::open_private_file(&temp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&temp, path)
