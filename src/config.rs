@@ -9,6 +9,9 @@ use serde::Deserialize;
 pub use crate::sandbox::cni::CniSettings;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+/// A config file is a few kilobytes; a larger one is a mistake (or an attack on
+/// the parser), refused before it is read. The toml crate bounds nesting itself.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -174,6 +177,19 @@ pub enum ConfigError {
     Invalid { path: PathBuf, field: &'static str, reason: String },
 }
 
+/// Reads at most [`MAX_CONFIG_BYTES`] (whatever the file's size claims: it may be
+/// a pipe or grow while read).
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        let message = format!("larger than {MAX_CONFIG_BYTES} bytes: not a berthd config");
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+    }
+    Ok(text)
+}
+
 impl Config {
     /// Loads `path`, or the default path when it exists, or the embedded defaults.
     /// An explicitly named file that is missing is an error; the default one is optional.
@@ -182,7 +198,7 @@ impl Config {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
         };
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_bounded(&path) {
             Ok(text) => text,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => return Err(ConfigError::Read { path, source }),
@@ -261,6 +277,24 @@ mod tests {
         assert_eq!(c.registry.mirrors["docker.io"], vec!["http://127.0.0.1:5000"]);
         assert_eq!(c.registry.insecure, vec!["127.0.0.1:5000"]);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn hostile_files_are_errors_not_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, format!("sandbox_image = \"{}\"\n", "x".repeat(MAX_CONFIG_BYTES as usize))).unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("larger than 1048576 bytes"), "{error}");
+        // Deep nesting within the size limit: the toml crate refuses it (it bounds
+        // its recursion) instead of overflowing the stack.
+        for deep in [format!("a = {}1{}", "[".repeat(500_000), "]".repeat(500_000)), format!("a = {}1{}", "{b = ".repeat(200_000), "}".repeat(200_000))] {
+            std::fs::write(&path, &deep).unwrap();
+            assert!(matches!(Config::load(Some(&path)), Err(ConfigError::Parse { .. })));
+        }
+        let many_tables = (0..20_000).map(|i| format!("[runtime.handlers.h{i}]\npath = \"/x\"\n")).collect::<String>();
+        std::fs::write(&path, many_tables).unwrap();
+        assert!(Config::load(Some(&path)).is_ok());
     }
 
     #[test]

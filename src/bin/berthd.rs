@@ -75,9 +75,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(socket) = args.socket {
         config.socket = socket;
     }
-    for dir in [&config.root, &config.state] {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
+    // Before anything opens them: root and state 0711, their contents private,
+    // also when an older berthd left them world-readable (see store::layout).
+    berth::store::layout::prepare(&config.root, &config.state)?;
     let store = Arc::new(Store::open(&config.root.join("meta.redb"))?);
     let images = ImageService::open(&config, store.clone())?;
     let pods = PodService::open(&config, store.clone(), images.clone()).await?;

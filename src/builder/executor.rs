@@ -408,6 +408,9 @@ impl Run<'_> {
                     let id = mount.id.clone().unwrap_or_else(|| target.display().to_string());
                     let source = self.builder.inner.config.root.join(CACHE_MOUNTS_DIR).join(step_key("", &id, &BTreeMap::new(), None));
                     if !source.exists() {
+                        // Private parent: a cache directory may be 0777 (see store::layout).
+                        let parent = self.builder.inner.config.root.join(CACHE_MOUNTS_DIR);
+                        crate::store::layout::private_dir(&parent).map_err(BuildError::io(format!("creating {}", parent.display())))?;
                         std::fs::create_dir_all(&source).map_err(BuildError::io(format!("creating {}", source.display())))?;
                         let mode = mount.mode.unwrap_or(0o755);
                         std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(mode))

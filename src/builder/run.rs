@@ -222,7 +222,7 @@ impl StepSandbox {
         };
         let spec = self.spec(step, process, &rootfs_dir, netns)?;
         let json = serde_json::to_vec(&spec).map_err(|e| BuildError::Internal(format!("step spec: {e}")))?;
-        std::fs::write(bundle.join("config.json"), json).map_err(BuildError::io("writing the step's config.json"))?;
+        crate::store::layout::write_private_file(&bundle.join("config.json"), &json).map_err(BuildError::io("writing the step's config.json"))?;
 
         let log = bundle.join("output.log");
         self.shim
@@ -242,6 +242,7 @@ impl StepSandbox {
     /// fresh writable snapshot at the step's bundle rootfs; `release` undoes it.
     pub async fn mount(&self, step: &str, parent_layers: &[String]) -> Result<Mounted, BuildError> {
         let rootfs_dir = self.bundle(step).join("rootfs");
+        crate::store::layout::private_dir(&self.bundle(step)).map_err(BuildError::io(format!("creating {}", self.bundle(step).display())))?;
         std::fs::create_dir_all(&rootfs_dir).map_err(BuildError::io(format!("creating {}", rootfs_dir.display())))?;
         let mut layers = self.images.prepare_layers(&self.owner(step), "build step", parent_layers)?;
         if layers.lowerdirs.is_empty() {

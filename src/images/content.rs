@@ -36,6 +36,8 @@ impl ContentStore {
     pub fn open(dir: &Path) -> Result<ContentStore, ContentError> {
         let blobs = dir.join("blobs").join("sha256");
         let ingest = dir.join("ingest");
+        // Private: blobs of built or private images may hold secrets (see store::layout).
+        crate::store::layout::private_dir(dir).map_err(io_err(dir))?;
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         // Anything in ingest/ is a download that a crash interrupted; no record
         // points at it.
@@ -213,5 +215,16 @@ mod tests {
         std::mem::forget(w);
         ContentStore::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_store_is_private_even_when_it_existed_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("content");
+        fs::create_dir(&content).unwrap();
+        fs::set_permissions(&content, fs::Permissions::from_mode(0o755)).unwrap();
+        ContentStore::open(&content).unwrap();
+        assert_eq!(fs::metadata(&content).unwrap().permissions().mode() & 0o7777, 0o700);
     }
 }

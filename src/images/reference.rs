@@ -14,6 +14,12 @@ const DOCKER_HUB_OFFICIAL_NAMESPACE: &str = "library";
 const DEFAULT_TAG: &str = "latest";
 const MAX_NAME_LEN: usize = 255;
 const MAX_TAG_LEN: usize = 128;
+/// No valid reference is longer (a 255-character name, a 128-character tag and a
+/// sha256 digest make 456); anything longer is refused before it is looked at, so
+/// that errors, which quote the reference and its parts, stay short.
+const MAX_REFERENCE_LEN: usize = 512;
+/// Characters of an over-long reference shown in its error.
+const SHOWN_LEN: usize = 64;
 
 /// A fully normalised image reference: always a registry and a repository, and
 /// a tag and/or a digest (a reference with neither gets the tag `latest`).
@@ -37,6 +43,11 @@ impl Reference {
         let fail = |reason: String| ReferenceError { reference: s.to_string(), reason };
         if s.is_empty() {
             return Err(fail("reference is empty".into()));
+        }
+        if s.len() > MAX_REFERENCE_LEN {
+            let shown: String = s.chars().take(SHOWN_LEN).collect();
+            let reason = format!("reference is {} bytes long, the limit is {MAX_REFERENCE_LEN}", s.len());
+            return Err(ReferenceError { reference: format!("{shown}…"), reason });
         }
         if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
             // Docker refuses these so that an image id can never be mistaken for a name.
@@ -411,6 +422,44 @@ mod tests {
         assert!(rejected(&format!("busybox@sha256:{}", HEX.to_uppercase())).contains("lowercase"));
         rejected("busybox@");
         rejected(&format!("busybox@sha256:{HEX}@sha256:{HEX}"));
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_with_short_errors() {
+        for hostile in [
+            "a".repeat(10 << 20),
+            "a/".repeat(100_000) + "a",
+            format!("busybox:{}", "t".repeat(1 << 20)),
+            format!("busybox@sha256:{}", "f".repeat(1 << 20)),
+            format!("{}/x", "h.".repeat(100_000)),
+            "[".repeat(100_000),
+        ] {
+            let error = rejected(&hostile);
+            assert!(error.len() < 300 && error.contains("the limit is 512"), "{error}");
+        }
+        let longest = format!("localhost/{}:{}@sha256:{HEX}", "a".repeat(245), "t".repeat(128));
+        assert!(longest.len() <= MAX_REFERENCE_LEN && Reference::parse(&longest).is_ok());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Any text, made of what references are made of, parses or fails without
+        /// panicking, and an error never grows with the input.
+        #[test]
+        fn any_text_parses_or_fails_briefly(s in "[a-zA-Z0-9:/@._\\-\\[\\]]{0,2000}") {
+            if let Err(e) = Reference::parse(&s) {
+                proptest::prop_assert!(e.to_string().len() < 4 * MAX_REFERENCE_LEN + 200);
+            }
+        }
+
+        /// Whatever parses prints as a reference that parses to itself.
+        #[test]
+        fn parsed_references_round_trip(s in "([a-z0-9]{1,8}\\.){0,2}[a-z0-9]{1,8}(:[0-9]{1,5})?/([a-z0-9]{1,8}[._-]?){1,4}(:[a-zA-Z0-9_.-]{1,20})?") {
+            if let Ok(r) = Reference::parse(&s) {
+                proptest::prop_assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
+            }
+        }
     }
 
     #[test]

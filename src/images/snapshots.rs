@@ -10,6 +10,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::store::layout::private_dir;
+
 #[derive(Debug, thiserror::Error)]
 #[error("snapshot directory {path}: {source}")]
 pub struct SnapshotError {
@@ -31,11 +33,14 @@ pub struct Snapshots {
 impl Snapshots {
     pub fn open(dir: &Path) -> Result<Snapshots, SnapshotError> {
         let snapshots = Snapshots { dir: dir.to_path_buf(), ingest: dir.join(".ingest"), trash: dir.join(".trash") };
+        // Private all the way down (see store::layout): layers hold setuid binaries
+        // and world-writable directories that only containers may see.
+        private_dir(dir).map_err(io_err(dir))?;
         for d in [&snapshots.ingest, &snapshots.trash] {
             if d.exists() {
                 fs::remove_dir_all(d).map_err(io_err(d))?;
             }
-            fs::create_dir_all(d).map_err(io_err(d))?;
+            private_dir(d).map_err(io_err(d))?;
         }
         Ok(snapshots)
     }
@@ -49,7 +54,8 @@ impl Snapshots {
     pub fn prepare(&self) -> Result<PreparedSnapshot, SnapshotError> {
         let root = self.ingest.join(format!("{:016x}", rand::random::<u64>()));
         let fs_dir = root.join("fs");
-        fs::create_dir_all(&fs_dir).map_err(io_err(&fs_dir))?;
+        private_dir(&root).map_err(io_err(&root))?;
+        fs::create_dir(&fs_dir).map_err(io_err(&fs_dir))?;
         Ok(PreparedSnapshot { root: Some(root), fs_dir })
     }
 
@@ -67,6 +73,9 @@ impl Snapshots {
     pub fn create_writable(&self, id: u64) -> Result<(PathBuf, PathBuf), SnapshotError> {
         let root = self.dir.join(id.to_string());
         let (upper, work) = (root.join("fs"), root.join("work"));
+        // Only the snapshot's own directory is private: `fs/` is the overlay's
+        // upper root, whose mode the container's root directory shows.
+        private_dir(&root).map_err(io_err(&root))?;
         for d in [&upper, &work] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
@@ -150,5 +159,31 @@ impl Drop for PreparedSnapshot {
         {
             tracing::warn!(path = %root.display(), error = %e, "could not remove an abandoned layer unpack");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn snapshot_directories_are_private_but_their_trees_keep_their_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots_dir = dir.path().join("snapshots");
+        let snapshots = Snapshots::open(&snapshots_dir).unwrap();
+        assert_eq!(mode(&snapshots_dir), 0o700);
+        let prepared = snapshots.prepare().unwrap();
+        fs::set_permissions(prepared.fs_path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(mode(prepared.fs_path().parent().unwrap()), 0o700);
+        snapshots.commit(prepared, 1).unwrap();
+        assert_eq!((mode(&snapshots_dir.join("1")), mode(&snapshots.fs_path(1))), (0o700, 0o755));
+        let (upper, _) = snapshots.create_writable(2).unwrap();
+        assert_eq!(mode(&snapshots_dir.join("2")), 0o700);
+        assert_eq!(mode(&upper) & 0o005, 0o005, "the upper root stays traversable: it is the container's /");
     }
 }

@@ -500,6 +500,7 @@ impl PodService {
         let dir = self.container_dir(owner);
         let bundle = dir.join("bundle");
         let rootfs_dir = bundle.join("rootfs");
+        crate::store::layout::private_dir(&bundle).map_err(SandboxError::io(format!("creating {}", bundle.display())))?;
         std::fs::create_dir_all(&rootfs_dir).map_err(SandboxError::io(format!("creating {}", rootfs_dir.display())))?;
         {
             let dir = dir.clone();
@@ -1282,7 +1283,8 @@ fn parse_signal(name: &str) -> Result<i32, SandboxError> {
 
 /// Writes a file that must never be seen half-written (see [`crate::durable`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
-    crate::durable::write_file(path, bytes, 0o644).map_err(SandboxError::io(format!("writing {}", path.display())))
+    // 0600: a spec holds the container's environment (see store::layout).
+    crate::durable::write_file(path, bytes, 0o600).map_err(SandboxError::io(format!("writing {}", path.display())))
 }
 
 #[cfg(test)]

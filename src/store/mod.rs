@@ -4,6 +4,7 @@
 //! is one transaction, so a `kill -9` at any moment leaves either the old or the new
 //! state, never a mix.
 
+pub mod layout;
 mod records;
 
 use std::path::Path;
@@ -57,6 +58,8 @@ const NEXT_SNAPSHOT_ID: &str = "next_snapshot_id";
 pub enum StoreError {
     #[error("metadata database: {0}")]
     Db(#[from] redb::Error),
+    #[error("metadata database {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("metadata database: corrupt record {key:?}: {source}")]
     Corrupt { key: String, source: serde_json::Error },
 }
@@ -73,6 +76,15 @@ impl Store {
     /// Opens (or creates) the database. redb holds a file lock, so a second berthd on
     /// the same root fails here instead of corrupting the first one's state.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // The database holds every container's environment: created 0600 before
+        // redb opens it (never readable by others, not even for a moment), and
+        // repaired if an older berthd left it 0644.
+        let io_err = |source| StoreError::Io { path: path.to_path_buf(), source };
+        match layout::create_private_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_err(e)),
+            _ => {}
+        }
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(layout::PRIVATE_FILE)).map_err(io_err)?;
         let db = Database::create(path).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         {

@@ -4,9 +4,14 @@
 //! single quotes literal, double quotes grouping with substitution inside, the
 //! escape character taking the next character literally, unset names empty.
 
-/// Why a word could not be expanded.
+use super::limits::{MAX_NESTING, clip};
+
+/// Why a word could not be expanded. Words and values in messages are clipped
+/// (see `limits::clip`), so that a huge word gives a short error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExpandError {
+    #[error("substitutions nested more than {max} deep in {word:?}", max = MAX_NESTING)]
+    TooDeep { word: String },
     #[error("unexpected end of statement while looking for matching single-quote in {word:?}")]
     UnterminatedSingleQuote { word: String },
     #[error("unexpected end of statement while looking for matching double-quote in {word:?}")]
@@ -45,6 +50,8 @@ struct Lexer<'a> {
     escape: char,
     lookup: &'a dyn Fn(&str) -> Option<String>,
     raw: bool,
+    /// `${...}` substitutions open right now: `dollar` and `until` recurse.
+    depth: usize,
 }
 
 /// Collects the fields of `expand_words`: literal whitespace and whitespace
@@ -86,7 +93,7 @@ impl Fields {
 
 impl<'a> Lexer<'a> {
     fn new(word: &'a str, escape: char, lookup: &'a dyn Fn(&str) -> Option<String>, raw: bool) -> Self {
-        Lexer { word, chars: word.chars().collect(), pos: 0, escape, lookup, raw }
+        Lexer { word, chars: word.chars().collect(), pos: 0, escape, lookup, raw, depth: 0 }
     }
 
     fn peek(&self) -> Option<char> {
@@ -154,7 +161,7 @@ impl<'a> Lexer<'a> {
         let mut result = String::new();
         loop {
             let Some(c) = self.next() else {
-                return Err(ExpandError::MissingBrace { word: self.word.to_string() });
+                return Err(ExpandError::MissingBrace { word: self.shown() });
             };
             match c {
                 c if c == stop => return Ok(result),
@@ -175,7 +182,7 @@ impl<'a> Lexer<'a> {
         let mut text = String::new();
         loop {
             match self.next() {
-                None => return Err(ExpandError::UnterminatedSingleQuote { word: self.word.to_string() }),
+                None => return Err(ExpandError::UnterminatedSingleQuote { word: self.shown() }),
                 Some('\'') => return Ok(text),
                 Some(c) => text.push(c),
             }
@@ -186,7 +193,7 @@ impl<'a> Lexer<'a> {
         let mut text = String::new();
         loop {
             match self.next() {
-                None => return Err(ExpandError::UnterminatedDoubleQuote { word: self.word.to_string() }),
+                None => return Err(ExpandError::UnterminatedDoubleQuote { word: self.shown() }),
                 Some('"') => return Ok(text),
                 Some('$') => text.push_str(&self.dollar()?),
                 Some(c) if c == self.escape => match self.peek() {
@@ -202,8 +209,25 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    /// Called after a `$`; returns what the substitution yields.
+    /// The word for an error message.
+    fn shown(&self) -> String {
+        clip(self.word).into_owned()
+    }
+
+    /// Called after a `$`; returns what the substitution yields. Nesting is
+    /// bounded because each level is a few stack frames: without a bound a
+    /// hostile `${a:-${a:-...}}` overflows the stack and aborts berthd.
     fn dollar(&mut self) -> Result<String, ExpandError> {
+        if self.depth >= MAX_NESTING {
+            return Err(ExpandError::TooDeep { word: self.shown() });
+        }
+        self.depth += 1;
+        let result = self.substitution();
+        self.depth -= 1;
+        result
+    }
+
+    fn substitution(&mut self) -> Result<String, ExpandError> {
         if self.peek() != Some('{') {
             let name = self.name();
             if name.is_empty() {
@@ -214,11 +238,11 @@ impl<'a> Lexer<'a> {
         self.next();
         let name = self.name();
         if name.is_empty() {
-            return Err(ExpandError::MissingName { word: self.word.to_string() });
+            return Err(ExpandError::MissingName { word: self.shown() });
         }
         let value = (self.lookup)(&name);
         let Some(c) = self.next() else {
-            return Err(ExpandError::MissingBrace { word: self.word.to_string() });
+            return Err(ExpandError::MissingBrace { word: self.shown() });
         };
         let (colon, modifier) = match c {
             '}' => return Ok(value.unwrap_or_default()),
@@ -226,10 +250,10 @@ impl<'a> Lexer<'a> {
             other => (false, Some(other)),
         };
         let Some(modifier) = modifier else {
-            return Err(ExpandError::MissingBrace { word: self.word.to_string() });
+            return Err(ExpandError::MissingBrace { word: self.shown() });
         };
         if !matches!(modifier, '-' | '+' | '?') {
-            return Err(ExpandError::UnsupportedModifier { modifier, word: self.word.to_string() });
+            return Err(ExpandError::UnsupportedModifier { modifier, word: self.shown() });
         }
         let word = self.until('}')?;
         // With a colon an empty value counts as unset.
@@ -243,7 +267,7 @@ impl<'a> Lexer<'a> {
             _ if set => Ok(value.unwrap_or_default()),
             _ => {
                 let message = if word.is_empty() { "is not allowed to be unset".to_string() } else { word };
-                Err(ExpandError::Required { name, message })
+                Err(ExpandError::Required { name: clip(&name).into_owned(), message: clip(&message).into_owned() })
             }
         }
     }
@@ -349,6 +373,20 @@ mod tests {
         assert_eq!(words("$SPACED 8080"), vec!["80", "443/udp", "8080"]);
         assert_eq!(words("\"$SPACED\""), vec!["80  443/udp"]);
         assert_eq!(words("a\\ b c"), vec!["a b", "c"]);
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_errors_stay_short() {
+        let nested = |depth: usize| format!("{}x{}", "${A:-".repeat(depth), "}".repeat(depth));
+        assert_eq!(word(&nested(MAX_NESTING)), "apple");
+        let deep = nested(10_000);
+        let err = expand_word(&deep, '\\', &env).unwrap_err();
+        assert!(matches!(err, ExpandError::TooDeep { .. }), "{err}");
+        assert!(err.to_string().len() < 1000, "{}", err.to_string().len());
+        let quoted = format!("{}x", "${UNSET:-\"".repeat(10_000));
+        assert!(matches!(expand_word(&quoted, '\\', &env), Err(ExpandError::TooDeep { .. })));
+        let long_name = format!("${{{}:?}}", "N".repeat(1 << 20));
+        assert!(expand_word(&long_name, '\\', &env).unwrap_err().to_string().len() < 1000);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! 1. [`parse`] turns text into a [`Dockerfile`]: global ARGs and stages, every
 //!    instruction with its flags and arguments exactly as written. Nothing is
 //!    expanded yet, because what `$NAME` means depends on where in the build it
-//!    is used. Errors name the file, line and column.
+//!    is used. Errors name the file, line and column. Hostile input is bounded
+//!    here (see [`limits`]): nesting depth, instruction length and count.
 //! 2. [`plan`] applies build args and `--target`: it resolves the global ARGs,
 //!    expands each stage's `FROM` into a [`Base`] (scratch, an earlier stage or
 //!    an image), follows `FROM <stage>`, `COPY --from` and `RUN --mount from=`
@@ -40,11 +41,13 @@
 
 mod ast;
 mod expand;
+mod limits;
 mod parse;
 mod plan;
 
 pub use ast::*;
 pub use expand::{ExpandError, expand_heredoc, expand_word, expand_words};
+pub use limits::{MAX_INSTRUCTION_BYTES, MAX_INSTRUCTIONS, MAX_NESTING};
 pub use parse::{ParseError, parse, parse_trigger};
 pub use plan::{Base, BuildPlan, PROXY_ARGS, PlanError, PlannedStage, Scope, Step, plan};
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::ast::*;
+use super::limits::{MAX_INSTRUCTION_BYTES, MAX_INSTRUCTIONS, MAX_NESTING, clip_message, too_deep_at};
 
 /// A Dockerfile that cannot be parsed; displays as `FILE:LINE:COLUMN: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,9 +26,12 @@ pub fn parse(source: &str, file_name: &str) -> Result<Dockerfile, ParseError> {
     let syntax = parser.directives()?;
     let mut global_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
-    let mut seen_instruction = false;
-    while let Some(logical) = parser.logical_line() {
-        seen_instruction = true;
+    let mut instructions = 0usize;
+    while let Some(logical) = parser.checked_logical_line()? {
+        instructions += 1;
+        if instructions > MAX_INSTRUCTIONS {
+            return Err(parser.error_at(&logical, 0, format!("too many instructions: a Dockerfile may have at most {MAX_INSTRUCTIONS}")));
+        }
         let (keyword, keyword_end) = keyword_at(&logical.text, 0);
         if keyword.eq_ignore_ascii_case("FROM") {
             let stage = parser.from(&logical, keyword_end, stages.len())?;
@@ -51,7 +55,7 @@ pub fn parse(source: &str, file_name: &str) -> Result<Dockerfile, ParseError> {
         }
     }
     if stages.is_empty() {
-        let message = if seen_instruction { "no FROM instruction: a Dockerfile needs at least one build stage" } else { "the Dockerfile has no instructions" };
+        let message = if instructions > 0 { "no FROM instruction: a Dockerfile needs at least one build stage" } else { "the Dockerfile has no instructions" };
         return Err(ParseError { file: file_name.to_string(), line: parser.lines.len().max(1), column: 1, message: message.to_string() });
     }
     Ok(Dockerfile { file_name: file_name.to_string(), escape: parser.escape, syntax, global_args, stages })
@@ -61,7 +65,7 @@ pub fn parse(source: &str, file_name: &str) -> Result<Dockerfile, ParseError> {
 /// stored; `FROM` and `ONBUILD` are not valid triggers.
 pub fn parse_trigger(text: &str, escape: char, file_name: &str) -> Result<Instruction, ParseError> {
     let mut parser = Parser { file: file_name, lines: text.lines().collect(), next: 0, escape };
-    let Some(logical) = parser.logical_line() else {
+    let Some(logical) = parser.checked_logical_line()? else {
         return Err(ParseError { file: file_name.to_string(), line: 1, column: 1, message: "empty ONBUILD trigger".to_string() });
     };
     parser.instruction(&logical, 0, true)
@@ -120,7 +124,21 @@ const STAGE_NAME_HINT: &str = "a stage name starts with a letter and holds only 
 impl<'a> Parser<'a> {
     fn error_at(&self, line: &LogicalLine, offset: usize, message: impl Into<String>) -> ParseError {
         let (line, column) = line.position(offset);
-        ParseError { file: self.file.to_string(), line, column, message: message.into() }
+        ParseError { file: self.file.to_string(), line, column, message: clip_message(message.into()) }
+    }
+
+    /// The next logical line, refused when it is longer than any instruction may
+    /// be or nests substitutions deeper than the expander goes.
+    fn checked_logical_line(&mut self) -> Result<Option<LogicalLine>, ParseError> {
+        let Some(logical) = self.logical_line() else { return Ok(None) };
+        if logical.text.len() > MAX_INSTRUCTION_BYTES {
+            let message = format!("instruction is {} bytes long, the limit is {MAX_INSTRUCTION_BYTES}", logical.text.len());
+            return Err(self.error_at(&logical, 0, message));
+        }
+        if let Some(offset) = too_deep_at(&logical.text, self.escape, false) {
+            return Err(self.error_at(&logical, offset, format!("substitutions nested more than {MAX_NESTING} deep")));
+        }
+        Ok(Some(logical))
     }
 
     /// Reads the `# key=value` directives at the top of the file; the first
@@ -131,7 +149,7 @@ impl<'a> Parser<'a> {
         while let Some(line) = self.lines.get(self.next) {
             let Some((key, value, value_column)) = directive(line) else { break };
             let line_number = self.next + 1;
-            let fail = |message: String| ParseError { file: self.file.to_string(), line: line_number, column: value_column, message };
+            let fail = |message: String| ParseError { file: self.file.to_string(), line: line_number, column: value_column, message: clip_message(message) };
             match key.to_ascii_lowercase().as_str() {
                 "syntax" => {
                     if syntax.replace(value.to_string()).is_some() {
@@ -528,6 +546,7 @@ impl<'a> Parser<'a> {
         let mut heredocs = Vec::new();
         for (offset, marker) in markers {
             let mut content = String::new();
+            let first_body_line = self.next + 1;
             loop {
                 let Some(body_line) = self.lines.get(self.next) else {
                     return Err(self.error_at(line, offset, format!("heredoc {} is not terminated: no line {} follows", marker.name, marker.name)));
@@ -539,6 +558,15 @@ impl<'a> Parser<'a> {
                 }
                 content.push_str(body_line);
                 content.push('\n');
+            }
+            if marker.expand
+                && let Some(at) = too_deep_at(&content, self.escape, true)
+            {
+                let before = &content[..at];
+                let line = first_body_line + before.matches('\n').count();
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                let message = format!("heredoc {}: substitutions nested more than {MAX_NESTING} deep", marker.name);
+                return Err(ParseError { file: self.file.to_string(), line, column, message: clip_message(message) });
             }
             heredocs.push(Heredoc { name: marker.name, content, expand: marker.expand });
         }
@@ -602,7 +630,7 @@ impl Flags<'_> {
 
     fn error(&self, offset: usize, message: String) -> ParseError {
         let (line, column) = self.line.position(offset);
-        ParseError { file: self.file.clone(), line, column, message }
+        ParseError { file: self.file.clone(), line, column, message: clip_message(message) }
     }
 
     /// A flag given at most once with a value; returns the raw value and its offset.

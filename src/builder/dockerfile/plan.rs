@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::ast::*;
 use super::expand::{ExpandError, expand_heredoc, expand_word, expand_words};
+use super::limits::{clip, clip_message};
 
 /// Build args Docker accepts without a matching ARG; they reach RUN but,
 /// unless declared, stay out of cache keys and image history.
@@ -172,6 +173,13 @@ impl Scope {
     /// Expands `instruction` in this scope and applies what it declares (ENV,
     /// ARG) so the next instruction sees it.
     pub fn step(&mut self, instruction: &Instruction) -> Result<Step, PlanError> {
+        let expanded = self.advance(instruction)?;
+        Ok(Step { line: instruction.line, source: instruction.source.clone(), instruction: expanded, build_args: self.build_args(), env: self.env(), run_env: self.run_env() })
+    }
+
+    /// `step` without the copies of env and args: what planning needs, in time
+    /// that does not grow with the environment's size.
+    fn advance(&mut self, instruction: &Instruction) -> Result<InstructionKind, PlanError> {
         let expanded = self.expand_kind(&instruction.kind).map_err(|error| PlanError::Expand { file: self.file_name.clone(), line: instruction.line, error })?;
         match &expanded {
             InstructionKind::Env(pairs) => {
@@ -186,7 +194,7 @@ impl Scope {
             }
             _ => {}
         }
-        Ok(Step { line: instruction.line, source: instruction.source.clone(), instruction: expanded, build_args: self.build_args(), env: self.env(), run_env: self.run_env() })
+        Ok(expanded)
     }
 
     fn set_env(&mut self, key: &str, value: &str) {
@@ -279,7 +287,7 @@ impl Scope {
 /// names a stage (case-insensitively); without it the last stage is built.
 pub fn plan(dockerfile: &Dockerfile, build_args: &BTreeMap<String, String>, target: Option<&str>) -> Result<BuildPlan, PlanError> {
     let file = dockerfile.file_name.as_str();
-    let invalid = |line: usize, message: String| PlanError::Invalid { file: file.to_string(), line, message };
+    let invalid = |line: usize, message: String| PlanError::Invalid { file: file.to_string(), line, message: clip_message(message) };
     if dockerfile.stages.is_empty() {
         return Err(invalid(1, "no build stage: a Dockerfile needs a FROM".to_string()));
     }
@@ -320,8 +328,8 @@ pub fn plan(dockerfile: &Dockerfile, build_args: &BTreeMap<String, String>, targ
         let mut walk = scope.clone();
         let mut dependencies = Vec::new();
         for instruction in &stage.instructions {
-            let step = walk.step(instruction)?;
-            let froms: Vec<&str> = match &step.instruction {
+            let expanded = walk.advance(instruction)?;
+            let froms: Vec<&str> = match &expanded {
                 InstructionKind::Copy(copy) => copy.from.as_deref().into_iter().collect(),
                 InstructionKind::Run { mounts, .. } => mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
                 _ => Vec::new(),
@@ -353,8 +361,8 @@ pub fn plan(dockerfile: &Dockerfile, build_args: &BTreeMap<String, String>, targ
             let lower = target.to_ascii_lowercase();
             stage_names.iter().position(|n| n.as_deref() == Some(lower.as_str())).ok_or_else(|| PlanError::UnknownTarget {
                 file: file.to_string(),
-                target: target.to_string(),
-                names: stage_names.iter().flatten().cloned().collect::<Vec<_>>().join(", "),
+                target: clip(target).into_owned(),
+                names: clip_message(stage_names.iter().flatten().cloned().collect::<Vec<_>>().join(", ")),
             })?
         }
     };

@@ -233,3 +233,111 @@ fn damaged_input_never_panics() {
         }
     }
 }
+
+/// Hostile Dockerfiles end in a clear error at a line and column, quickly: no
+/// stack overflow (which aborts berthd), nothing quadratic, no huge message.
+mod hostile {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Parses and plans `text`, asserting it takes well under a second or two.
+    fn attempt(text: &str) -> Result<BuildPlan, String> {
+        let started = Instant::now();
+        let result = parse(text, "Dockerfile").map_err(|e| e.to_string()).and_then(|file| plan(&file, &BTreeMap::new(), None).map_err(|e| e.to_string()));
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        if let Err(message) = &result {
+            assert!(message.len() < 1200, "an error message of {} bytes", message.len());
+        }
+        result
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}x{}", "${a:-".repeat(depth), "}".repeat(depth))
+    }
+
+    #[test]
+    fn ten_thousand_nested_substitutions_are_an_error_at_their_column() {
+        let err = attempt(&format!("FROM busybox\nENV a={}\n", nested(10_000))).unwrap_err();
+        let column = "ENV a=".len() + MAX_NESTING * "${a:-".len() + 1;
+        assert_eq!(err, format!("Dockerfile:2:{column}: substitutions nested more than {MAX_NESTING} deep"));
+        // The same in every place a word is expanded, and in an ONBUILD trigger.
+        for line in [format!("FROM {}", nested(10_000)), format!("COPY {} /", nested(10_000)), format!("ONBUILD ENV a={}", nested(10_000))] {
+            let err = attempt(&format!("FROM busybox\n{line}\n")).unwrap_err();
+            assert!(err.contains("nested more than 64 deep"), "{err}");
+        }
+        let err = parse_trigger(&format!("ENV a={}", nested(10_000)), '\\', "ONBUILD").unwrap_err();
+        assert_eq!((err.line, err.message.as_str()), (1, "substitutions nested more than 64 deep"));
+        // A heredoc body that is expanded, at its own line.
+        let err = attempt(&format!("FROM busybox\nCOPY <<EOF /x\nfine\n{}\nEOF\n", nested(10_000))).unwrap_err();
+        assert!(err.starts_with(&format!("Dockerfile:4:{}: heredoc EOF", MAX_NESTING * 5 + 1)), "{err}");
+        // As deep as allowed still works.
+        let plan = attempt(&format!("FROM busybox\nENV a={}\n", nested(MAX_NESTING))).unwrap();
+        let step = plan.target().scope().step(&plan.target().instructions[0]).unwrap();
+        assert_eq!(step.env, vec!["a=x".to_string()]);
+    }
+
+    #[test]
+    fn quotes_cannot_hide_nesting_from_the_parser() {
+        // Each `"` inside `${...:-` opens a level of its own in the expander.
+        let tricky = format!("FROM busybox\nENV a={}x\n", "${a:-\"".repeat(10_000));
+        let err = attempt(&tricky).unwrap_err();
+        assert!(err.contains("nested more than 64 deep"), "{err}");
+    }
+
+    #[test]
+    fn a_ten_megabyte_line_is_refused_by_its_length() {
+        let err = attempt(&format!("FROM busybox\nRUN echo {}\n", "x".repeat(10 << 20))).unwrap_err();
+        assert_eq!(err, format!("Dockerfile:2:1: instruction is {} bytes long, the limit is {MAX_INSTRUCTION_BYTES}", 10 * (1 << 20) + 9));
+        let err = attempt(&format!("FROM busybox\n{}\n", "X".repeat(10 << 20))).unwrap_err();
+        assert!(err.starts_with("Dockerfile:2:1: instruction is"), "{err}");
+        // Continuation lines count together.
+        let err = attempt(&format!("FROM busybox\nRUN a{}\n", format!(" \\\n{}", "y".repeat(1 << 16)).repeat(20))).unwrap_err();
+        assert!(err.starts_with("Dockerfile:2:1: instruction is"), "{err}");
+    }
+
+    #[test]
+    fn a_megabyte_name_is_fine_and_its_errors_are_short() {
+        let name = "N".repeat(1_000_000);
+        let plan = attempt(&format!("FROM busybox\nARG {name}=v\nWORKDIR /${{{name}}}x\n")).unwrap();
+        let mut scope = plan.target().scope();
+        let steps: Vec<Step> = plan.target().instructions.iter().map(|i| scope.step(i).unwrap()).collect();
+        assert_eq!(steps[1].instruction, InstructionKind::Workdir("/vx".into()));
+        let err = attempt(&format!("FROM busybox\nENV a=${{{name}:?}}\n")).unwrap_err();
+        assert!(err.starts_with("Dockerfile:2: NNN") && err.ends_with("is not allowed to be unset"), "{err}");
+        let err = attempt(&format!("FROM busybox\n{name}\n")).unwrap_err();
+        assert!(err.starts_with("Dockerfile:2:1: unknown instruction: NNN"), "{err}");
+        let err = attempt(&format!("FROM {name}:x AS {name}\n")).unwrap_err();
+        assert!(err.starts_with("Dockerfile:1:"), "{err}");
+    }
+
+    #[test]
+    fn a_hundred_thousand_instructions_are_refused_at_the_first_one_too_many() {
+        let text = format!("FROM busybox\n{}", (0..100_000).map(|i| format!("ENV v{i}={i}\n")).collect::<String>());
+        let err = attempt(&text).unwrap_err();
+        assert_eq!(err, format!("Dockerfile:{}:1: too many instructions: a Dockerfile may have at most {MAX_INSTRUCTIONS}", MAX_INSTRUCTIONS + 1));
+        // As many as allowed plan in bounded time, each with its own variable.
+        let text = format!("FROM busybox\nENV v0=0\n{}", (1..MAX_INSTRUCTIONS - 1).map(|i| format!("ENV v{i}=${{v0}}{i}\n")).collect::<String>());
+        attempt(&text).unwrap();
+        let stages = (0..MAX_INSTRUCTIONS).map(|i| format!("FROM scratch AS s{i}\n")).collect::<String>();
+        attempt(&stages).unwrap();
+    }
+
+    #[test]
+    fn a_heredoc_without_end_is_an_error_at_its_marker() {
+        let text = format!("FROM busybox\nRUN cat <<EOF\n{}", "line\n".repeat(200_000));
+        assert_eq!(attempt(&text).unwrap_err(), "Dockerfile:2:9: heredoc EOF is not terminated: no line EOF follows");
+        let marker = "M".repeat(1 << 19);
+        let err = attempt(&format!("FROM busybox\nRUN <<{marker}\n")).unwrap_err();
+        assert!(err.starts_with("Dockerfile:2:5: heredoc MMM"), "{err}");
+    }
+
+    #[test]
+    fn deep_json_and_deep_continuations_do_not_crash() {
+        // Not JSON, so shell form (as Docker falls back); serde_json bounds its recursion.
+        attempt(&format!("FROM busybox\nCMD [{}\n", "[".repeat(100_000))).unwrap();
+        attempt(&format!("FROM busybox\nCMD [\"{}\n", "[".repeat(100_000))).unwrap_err();
+        let continued = format!("FROM busybox\nRUN true{}\n", " \\\n#c\n&& true".repeat(50_000));
+        attempt(&continued).unwrap();
+    }
+}

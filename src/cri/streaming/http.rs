@@ -218,7 +218,7 @@ async fn accept_websocket(mut stream: TcpStream, head: &RequestHead, leftover: V
     }
     response.push_str("\r\n");
     stream.write_all(response.as_bytes()).await?;
-    Ok(WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await)
+    Ok(WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(websocket::socket_config())).await)
 }
 
 async fn upgrade_to_spdy(mut stream: TcpStream, head: &RequestHead, leftover: &[u8], pending: PendingStream, pods: PodService) -> Result<(), HeadError> {

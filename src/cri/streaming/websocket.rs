@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::ExecRequest;
 use super::channel::{self, ChannelProtocol, close_normally};
@@ -31,6 +32,18 @@ const READ_CHUNK: usize = 32 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Channel numbers are one byte and every port takes two.
 const MAX_PORTS: usize = 128;
+
+/// The largest frame and message a client may send. Clients write stdin and
+/// tunnelled port-forward bytes in chunks of 32 KiB; tungstenite's defaults
+/// (16 MiB frames, 64 MiB messages, buffered whole) would let every connection
+/// hold far more memory than any client needs.
+const MAX_FRAME_BYTES: usize = 1 << 20;
+const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// The socket settings every upgraded connection gets.
+pub(super) fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default().max_frame_size(Some(MAX_FRAME_BYTES)).max_message_size(Some(MAX_MESSAGE_BYTES))
+}
 
 type SocketSink = futures::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
 
@@ -253,6 +266,56 @@ mod tests {
         assert!(requested_ports("port=http").is_err());
         let many = vec!["port=1"; MAX_PORTS + 1].join("&");
         assert!(requested_ports(&many).unwrap_err().contains("at most"));
+    }
+
+    /// A client frame header (FIN, binary, masked) declaring `length` bytes.
+    fn frame_header(length: u64) -> Vec<u8> {
+        let mut header = vec![0x82];
+        match u16::try_from(length) {
+            Ok(short) if short >= 126 => {
+                header.push(0x80 | 126);
+                header.extend_from_slice(&short.to_be_bytes());
+            }
+            _ => {
+                header.push(0x80 | 127);
+                header.extend_from_slice(&length.to_be_bytes());
+            }
+        }
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        header
+    }
+
+    async fn first_message(bytes: Vec<u8>) -> Result<Message, tokio_tungstenite::tungstenite::Error> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut socket = WebSocketStream::from_raw_socket(server, tokio_tungstenite::tungstenite::protocol::Role::Server, Some(socket_config())).await;
+        tokio::spawn(async move {
+            let _ = client.write_all(&bytes).await;
+            // Keep the client open: the server must decide from the header alone.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        tokio::time::timeout(Duration::from_secs(2), socket.next()).await.expect("the server answers at once").expect("a message or an error")
+    }
+
+    #[tokio::test]
+    async fn huge_declared_frames_are_refused_from_their_header() {
+        for length in [u64::MAX >> 1, 1 << 40, MAX_FRAME_BYTES as u64 + 1] {
+            let error = first_message(frame_header(length)).await.unwrap_err();
+            assert!(matches!(error, tokio_tungstenite::tungstenite::Error::Capacity(_)), "{length}: {error}");
+        }
+        // A fragmented message may not grow past its own bound either.
+        let mut fragments = Vec::new();
+        for index in 0..5 {
+            let mut header = frame_header(MAX_FRAME_BYTES as u64);
+            header[0] = if index == 0 { 0x02 } else { 0x00 };
+            fragments.extend_from_slice(&header);
+            fragments.extend(std::iter::repeat_n(0u8, MAX_FRAME_BYTES));
+        }
+        let error = first_message(fragments).await.unwrap_err();
+        assert!(matches!(error, tokio_tungstenite::tungstenite::Error::Capacity(_)), "{error}");
+        // What clients really send passes.
+        let mut chunk = frame_header(32 * 1024);
+        chunk.extend(std::iter::repeat_n(0u8, 32 * 1024));
+        assert!(matches!(first_message(chunk).await, Ok(Message::Binary(data)) if data.len() == 32 * 1024));
     }
 
     #[test]
