@@ -67,9 +67,20 @@ fn bodies_longer_than_declared_fail_at_the_declared_size_and_leave_nothing() {
         let layer = image.layers[0].digest();
         let declared = image.layers[0].blob().len() as u64;
         let config = sha256_digest(&image.config_json());
-        let hostile = HostileRegistry::start(REPO, "v1", &image, Part::Layers, Behaviour::Endless).await;
+        let hostile = HostileRegistry::start(REPO, "v1", &image, Part::Config, Behaviour::Endless).await;
         let berthd = Berthd::start(BerthdConfig::default().insecure(&hostile.host())).await;
         let reference = format!("{}/{REPO}:v1", hostile.host());
+
+        // A config longer than declared (checked first: a pull that got further
+        // keeps the config for the next one), and a manifest by tag beyond 4 MiB.
+        let refused = berthd.pull(&reference).await.expect_err("a config longer than declared must fail the pull");
+        assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+        assert!(refused.message().contains(&config) && refused.message().contains("more than"), "{refused:?}");
+        hostile.set_behaviour(Part::Manifest, Behaviour::Endless);
+        let refused = berthd.pull(&reference).await.expect_err("an endless manifest must fail the pull");
+        assert!(refused.message().contains(&(4u64 << 20).to_string()), "the error must name the limit: {refused:?}");
+
+        hostile.set_behaviour(Part::Layers, Behaviour::Endless);
         let before = bytes_below(berthd.root());
 
         let watch = DiskWatch::start(berthd.root());
@@ -94,16 +105,6 @@ fn bodies_longer_than_declared_fail_at_the_declared_size_and_leave_nothing() {
         assert!(ingest(berthd.root()).is_empty(), "ingest keeps {:?}", ingest(berthd.root()));
         assert!(snapshot_dirs(berthd.root()).is_empty());
         assert!(verified_blobs(berthd.root()).iter().all(|d| *d != layer));
-
-        // A config longer than declared, and a manifest by tag beyond 4 MiB.
-        hostile.set_behaviour(Part::Config, Behaviour::Endless);
-        let refused = berthd.pull(&reference).await.expect_err("a config longer than declared must fail the pull");
-        assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
-        assert!(refused.message().contains(&config) && refused.message().contains("more than"), "{refused:?}");
-        hostile.set_behaviour(Part::Manifest, Behaviour::Endless);
-        let refused = berthd.pull(&reference).await.expect_err("an endless manifest must fail the pull");
-        assert!(refused.message().contains(&(4u64 << 20).to_string()), "the error must name the limit: {refused:?}");
-        assert!(ingest(berthd.root()).is_empty(), "ingest keeps {:?}", ingest(berthd.root()));
 
         hostile.set_behaviour(Part::Layers, Behaviour::Honest);
         let image_ref = berthd.pull(&reference).await.unwrap_or_else(|s| panic!("pull from the recovered registry: {s:?}"));

@@ -51,6 +51,8 @@ pub struct FsUsage {
 }
 
 type PullResult = Result<String, Arc<ImageError>>;
+/// What callers of a running pull share; the table holds it weakly.
+type WeakPull = WeakShared<BoxFuture<'static, PullResult>>;
 
 #[derive(Clone)]
 pub struct ImageService {
@@ -71,7 +73,7 @@ pub(super) struct Inner {
     /// Only the callers hold it (strongly): when the last goes, the pull stops.
     /// Keyed by reference, with the pull's number so a finished pull never
     /// removes its successor's entry.
-    inflight: Mutex<HashMap<String, (u64, WeakShared<BoxFuture<'static, PullResult>>)>>,
+    inflight: Mutex<HashMap<String, (u64, WeakPull)>>,
     next_pull: AtomicU64,
     /// One fetch per layer at a time, across images that share it.
     pub(super) layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
