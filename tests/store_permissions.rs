@@ -20,6 +20,10 @@ const NOBODY: &str = "65534";
 fn as_nobody(argv: &[&str]) -> (bool, String) {
     let output = Command::new("setpriv")
         .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        // setpriv keeps root's capabilities until it execs, so the path of the
+        // command it runs would be looked up with CAP_DAC_OVERRIDE. A shell,
+        // exec'd as nobody and so without capabilities, looks it up instead.
+        .args(["/bin/sh", "-c", "exec \"$0\" \"$@\""])
         .args(argv)
         .output()
         .expect("run setpriv (util-linux)");

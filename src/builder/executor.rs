@@ -103,7 +103,8 @@ impl Builder {
         if contexts.exists() {
             std::fs::remove_dir_all(&contexts).map_err(BuildError::io(format!("clearing {}", contexts.display())))?;
         }
-        std::fs::create_dir_all(&contexts).map_err(BuildError::io(format!("creating {}", contexts.display())))?;
+        // Private: contexts may hold anything a client builds from.
+        crate::store::layout::private_dir(&contexts).map_err(BuildError::io(format!("creating {}", contexts.display())))?;
         Ok(Builder { inner: Arc::new(Inner { config: config.clone(), images, pods, cache: BuildCache::new(store), contexts }) })
     }
 
