@@ -4,7 +4,7 @@
 //! and records its result. Layers come from the overlay's upper dir.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -646,17 +646,7 @@ fn run_argv(command: &CommandForm, heredocs: &[dockerfile::Heredoc], shell: &[St
 
 /// `path` made absolute and free of `.` and `..`, never above `/`.
 fn clean(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
+    Path::new("/").join(inroot::relative(path))
 }
 
 /// What of an instruction goes into its cache key. A RUN is keyed as written
